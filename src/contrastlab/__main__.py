@@ -1,0 +1,3 @@
+from contrastlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Typed run configuration: YAML recipes, dotted command-line overrides, validation.
+
+Every default lives in the dataclasses below. A recipe file sets any subset of the fields;
+``a.b=value`` overrides (values parsed as YAML) are applied on top. Unknown keys and values
+of the wrong type are rejected with a message naming the dotted key and, for unknown keys,
+the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from contrastlab.registry import suggest
+
+
+class ConfigError(ValueError):
+    """A recipe or override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train and evaluate on (see ``contrastlab list``)."""
+
+    name: str = "spirograph"
+    root: str | None = None  # folder or file; None = the dataset's default (or generated)
+    train_split: str = "train"
+    test_split: str = "test"
+    probe_split: str | None = None  # split the evaluation probes fit on; None = train_split
+    train_size: int | None = None  # seeded subset (or number generated); None = all / default
+    test_size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """The two contrastive views. ``None`` means the preset's own value."""
+
+    preset: str = "simclr-cifar"  # simclr-cifar | simclr-imagenet | byol | crop-only | spirograph
+    size: int | None = None  # output size of the crop; None = the image size
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_strength: float | None = None
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+    blur_prob: tuple[float, float] | None = None  # per view
+    solarize_prob: tuple[float, float] | None = None  # per view
+
+
+@dataclass
+class BackboneConfig:
+    """Encoder; ``options`` go to the builder (e.g. ``cifar_stem``, ``width``, ``channels``)."""
+
+    name: str = "convnet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """Fields shared by every method; each method extends this with its own."""
+
+    name: str = "simclr"
+    proj_hidden_dim: int = 2048
+    proj_out_dim: int = 128
+    proj_layers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (per step: linear warm-up, then cosine)."""
+
+    name: Literal["sgd", "lars", "adam", "adamw"] = "lars"
+    lr: float = 0.3  # used as given: no silent rescaling by batch size
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    lars_trust: float = 1e-3
+    lars_exclude_bias_and_norm: bool = True  # False = torchlars semantics (every tensor adapted)
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256  # per process
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (fp16 on old GPUs)
+    channels_last: bool = True
+    checkpoint_every: int = 1  # epochs
+    log_every: int = 10  # steps
+    online_probe: bool = True  # linear classifier on detached features when labels exist
+    sync_batchnorm: bool = False
+    progress: bool = True
+    max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
+
+
+@dataclass
+class EvalConfig:
+    at_end: bool = True  # evaluate when training finishes
+    compare_random_init: bool = True  # also evaluate the same backbone at initialisation
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+    ridge_alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    val_fraction: float = 0.1
+    max_train: int | None = 20_000  # seeded subset of training features used by the probes
+    batch_size: int = 512
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so the dict dumps as plain YAML/JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[a][b] = value`` for the string ``"a.b=value"`` (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    value = yaml.safe_load(text) if text.strip() else None
+    *parents, last = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    node[last] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config` (the method section by its ``name``)."""
+    raw = dict(raw)
+    method_raw = raw.pop("method", None) or {}
+    if not isinstance(method_raw, dict):
+        raise ConfigError(f"method must be a mapping, got {method_raw!r}")
+    cfg = _build(Config, raw, "")
+    cfg.method = _build(method_config_class(method_raw.get("name", "simclr")), method_raw, "method")
+    return cfg
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    from contrastlab.methods import METHODS
+
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(
+            f"method.name: unknown method {name!r}{suggest(str(name), METHODS.names())}; "
+            f"available: {', '.join(METHODS.names())}"
+        )
+    return METHODS.get(name).Config
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{dotted}'{suggest(str(key), list(fields))}; "
+                f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
+            )
+        values[key] = _convert(value, hints[key], dotted)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, dotted: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, dotted)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, dotted)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{dotted}: expected {_describe(hint)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{dotted}: expected a list ({_describe(hint)}), got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{dotted}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{dotted}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            choices = [str(a) for a in args]
+            raise ConfigError(
+                f"{dotted}: {value!r} is not one of {', '.join(choices)}{suggest(str(value), choices)}"
+            )
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{dotted}: unsupported config type {hint}")
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
