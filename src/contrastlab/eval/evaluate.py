@@ -1,0 +1,163 @@
+"""One call that evaluates a frozen backbone on a train/test pair, and its terminal table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from contrastlab.data.base import ImageData
+from contrastlab.data.preprocess import Normalize
+from contrastlab.eval.diagnostics import alignment, effective_rank, singular_values, uniformity
+from contrastlab.eval.features import encode, extract_features, frozen
+from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.linear import WEIGHT_DECAYS, linear_probe
+from contrastlab.eval.regression import RIDGE_ALPHAS, ridge_regression
+
+# A view pipeline: (batch, generator) -> (B, C, H, W) float normalised view.
+View = Callable[[dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+
+ALIGNMENT_IMAGES = 1024
+
+
+def seeded_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """``min(n, size)`` distinct indices of ``range(n)``, seeded, sorted: ``(min(n, size),)``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def view_alignment(
+    backbone: nn.Module,
+    data: ImageData,
+    views: Sequence[View],
+    generator: torch.Generator,
+    *,
+    max_images: int = ALIGNMENT_IMAGES,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """Alignment of the frozen features of two augmented views of (a seeded subset of at most
+    ``max_images``) images of ``data``.
+
+    Each view is called with ``{"images": (B, C, H, W) uint8, "index": (B,), "labels" /
+    "targets" when ``data`` has them}`` on ``device`` and ``generator``.
+    """
+    if len(views) != 2:
+        raise ValueError(f"alignment needs exactly two view pipelines, got {len(views)}")
+    index = seeded_subset(len(data), max_images, seed)
+    per_sample = {"images": data.images, "labels": data.labels, "targets": data.targets}
+    z1, z2 = [], []
+    with frozen(backbone):
+        for chunk in index.split(batch_size):
+            batch = {key: value[chunk].to(device) for key, value in per_sample.items() if value is not None}
+            batch["index"] = chunk.to(device)
+            z1.append(encode(backbone, views[0](batch, generator), device, autocast_dtype))
+            z2.append(encode(backbone, views[1](batch, generator), device, autocast_dtype))
+    return alignment(torch.cat(z1), torch.cat(z2))
+
+
+def evaluate(
+    backbone: nn.Module,
+    train: ImageData,
+    test: ImageData,
+    normalize: Normalize,
+    *,
+    views: Sequence[View] | None = None,
+    generator: torch.Generator | None = None,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+    ridge_alphas: Sequence[float] = RIDGE_ALPHAS,
+    val_fraction: float = 0.1,
+    max_train: int | None = None,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> dict:
+    """Evaluate the frozen ``backbone`` with every probe that ``train``/``test`` support.
+
+    Features of the test set and of (a seeded subset of at most ``max_train`` images of) the
+    train set are extracted once; the probes run on ``device``.
+
+    Returns a JSON-serialisable dict:
+        ``num_train``, ``num_test``, ``feature_dim``;
+        ``knn`` ``{"accuracy", "k", "temperature"}`` and ``linear`` (see :func:`linear_probe`)
+        when both splits have labels;
+        ``regression`` (see :func:`ridge_regression`) when both splits have targets;
+        ``diagnostics`` of the test features: ``effective_rank``, ``singular_values`` (the
+        full spectrum), ``uniformity``, and ``alignment`` when two ``views`` are given.
+    """
+    if max_train is not None:
+        if max_train < 1:
+            raise ValueError(f"max_train must be >= 1 or None, got {max_train}")
+        train = train.subset(seeded_subset(len(train), max_train, seed))
+
+    def features(data: ImageData) -> torch.Tensor:
+        return extract_features(backbone, data.images, normalize, batch_size, device, autocast_dtype).to(device)
+
+    train_feats, test_feats = features(train), features(test)
+    results: dict = {"num_train": len(train), "num_test": len(test), "feature_dim": train_feats.shape[1]}
+    if train.labels is not None and test.labels is not None:
+        train_labels, test_labels = train.labels.to(device), test.labels.to(device)
+        accuracy = knn_accuracy(train_feats, train_labels, test_feats, test_labels, knn_k, knn_temperature)
+        results["knn"] = {"accuracy": accuracy, "k": min(knn_k, len(train)), "temperature": knn_temperature}
+        results["linear"] = linear_probe(
+            train_feats, train_labels, test_feats, test_labels, weight_decays, val_fraction, seed
+        )
+    if train.targets is not None and test.targets is not None:
+        if train.target_names != test.target_names:
+            raise ValueError(
+                f"train targets {train.target_names} and test targets {test.target_names} differ"
+            )
+        results["regression"] = ridge_regression(
+            train_feats, train.targets.to(device), test_feats, test.targets.to(device),
+            test.target_names, ridge_alphas, val_fraction, seed,
+        )
+    diagnostics: dict = {
+        "effective_rank": effective_rank(test_feats),
+        "singular_values": singular_values(test_feats).tolist(),
+    }
+    if len(test) > 1:
+        diagnostics["uniformity"] = uniformity(test_feats)
+    if views is not None:
+        generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        diagnostics["alignment"] = view_alignment(
+            backbone, test, views, generator, seed=seed, batch_size=batch_size,
+            device=device, autocast_dtype=autocast_dtype,
+        )
+    results["diagnostics"] = diagnostics
+    return results
+
+
+def format_results_table(columns: dict[str, dict]) -> str:
+    """An aligned table, one row per metric and one column per entry of ``columns`` (e.g.
+    ``{"trained": results, "random_init": other}``). Nested keys are joined with ``/``
+    (``regression/r2/m``); lists are summarised by their length; a metric missing from a
+    column shows ``-``."""
+    flat = [dict(_flatten(results)) for results in columns.values()]
+    names = list(dict.fromkeys(name for column in flat for name in column))
+    width = max([len("metric")] + [len(name) for name in names])
+    cell = max([12] + [len(title) for title in columns] + [len(v) for column in flat for v in column.values()])
+    lines = ["  ".join([f"{'metric':<{width}}"] + [f"{title:>{cell}}" for title in columns])]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join([f"{name:<{width}}"] + [f"{column.get(name, '-'):>{cell}}" for column in flat])
+              for name in names]
+    return "\n".join(lines)
+
+
+def _flatten(results: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(slash/joined/name, formatted value)`` for every leaf of ``results``."""
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + "/")
+        elif isinstance(value, (list, tuple)):
+            yield name, f"[{len(value)} values]"
+        elif isinstance(value, float):
+            yield name, f"{value:.4g}"
+        else:
+            yield name, str(value)

@@ -1,0 +1,127 @@
+"""PNG plots of a run: training curves, the feature spectrum and a 2-D embedding.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, and no change
+to the process-wide matplotlib backend).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from contrastlab.eval.diagnostics import pca_projection, singular_values
+
+MAX_LEGEND_CLASSES = 20
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (one JSON object per line); ``[]`` when the
+    file is missing or empty."""
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: expected one JSON object per line ({error})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def plot_run(
+    run_dir: Path,
+    results: dict | None = None,
+    embeddings: torch.Tensor | None = None,
+    colour_by: torch.Tensor | None = None,
+    colour_name: str = "label",
+) -> list[Path]:
+    """Write the plots the inputs allow into ``run_dir`` and return their paths.
+
+    - ``loss.png`` (and ``online_acc.png``) against ``step`` from ``run_dir/metrics.jsonl``,
+      skipped when the file is missing or has no such records;
+    - ``spectrum.png``: ``results["diagnostics"]["singular_values"]``, else the spectrum of
+      ``embeddings``;
+    - ``embedding.png``: ``embeddings``: ``(N, D)`` projected on their top two principal axes,
+      coloured by ``colour_by``: ``(N,)`` (integer = categories, float = colormap + colorbar).
+    """
+    run_dir = Path(run_dir)
+    written = []
+    records = read_metrics(run_dir / "metrics.jsonl")
+    for key, label in (("loss", "training loss"), ("online_acc", "online probe accuracy (%)")):
+        points = [(r["step"], r[key]) for r in records if "step" in r and isinstance(r.get(key), (int, float))]
+        if points:
+            written.append(_save_curve(run_dir / f"{key}.png", points, label))
+    spectrum = (results or {}).get("diagnostics", {}).get("singular_values")
+    if spectrum is None and embeddings is not None:
+        spectrum = singular_values(embeddings).tolist()
+    if spectrum:
+        written.append(_save_spectrum(run_dir / "spectrum.png", spectrum))
+    if embeddings is not None:
+        written.append(_save_embedding(run_dir / "embedding.png", embeddings, colour_by, colour_name))
+    return written
+
+
+def _new_figure() -> Figure:
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_curve(path: Path, points: list[tuple[float, float]], label: str) -> Path:
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    steps, values = zip(*points)
+    axes.plot(steps, values)
+    axes.set(xlabel="step", ylabel=label, title=label)
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _save_spectrum(path: Path, spectrum: list[float]) -> Path:
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.plot(range(1, len(spectrum) + 1), spectrum, marker=".", markersize=3)
+    axes.set_yscale("log")
+    axes.set(xlabel="index", ylabel="singular value", title="singular values of the centred features")
+    axes.grid(alpha=0.3, which="both")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _save_embedding(
+    path: Path, embeddings: torch.Tensor, colour_by: torch.Tensor | None, colour_name: str
+) -> Path:
+    if colour_by is not None and colour_by.shape != (len(embeddings),):
+        raise ValueError(
+            f"colour_by must have shape ({len(embeddings)},) like the embeddings, got {tuple(colour_by.shape)}"
+        )
+    xy = pca_projection(embeddings).numpy()
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.set(xlabel="PC 1", ylabel="PC 2", title=f"PCA of the features, coloured by {colour_name}")
+    if colour_by is None:
+        axes.scatter(xy[:, 0], xy[:, 1], s=4)
+    elif colour_by.is_floating_point():
+        points = axes.scatter(xy[:, 0], xy[:, 1], s=4, c=colour_by.numpy(), cmap="viridis")
+        figure.colorbar(points, ax=axes, label=colour_name)
+    else:
+        categories = colour_by.unique()
+        cmap = "tab10" if len(categories) <= 10 else "tab20"
+        points = axes.scatter(xy[:, 0], xy[:, 1], s=4, c=colour_by.numpy(), cmap=cmap)
+        if len(categories) <= MAX_LEGEND_CLASSES:
+            handles, labels = points.legend_elements()
+            axes.legend(handles, labels, title=colour_name, fontsize="small", markerscale=0.8)
+        else:
+            figure.colorbar(points, ax=axes, label=colour_name)
+    figure.savefig(path, dpi=120)
+    return path

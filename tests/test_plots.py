@@ -1,0 +1,66 @@
+"""Run plots: PNGs from a fake run folder, skipped when their inputs are missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from contrastlab.report import plot_run, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def write_metrics(run_dir, with_online_acc: bool) -> None:
+    records = []
+    for step in range(1, 11):
+        record = {"step": step * 10, "epoch": step / 5, "loss": 5.0 / step, "lr": 0.1}
+        if with_online_acc:
+            record["online_acc"] = 10.0 * step
+        records.append(record)
+    records.append({"step": 100, "epoch": 2, "epoch_loss": 0.6})  # epoch summary: no "loss"
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_all_plots_from_a_run_folder(tmp_path):
+    write_metrics(tmp_path, with_online_acc=True)
+    g = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(60, 8, generator=g)
+    labels = torch.arange(60) % 3
+    results = {"diagnostics": {"singular_values": [5.0, 2.0, 1.0, 0.5, 0.1]}}
+    written = plot_run(tmp_path, results, embeddings, labels)
+    names = sorted(path.name for path in written)
+    assert names == ["embedding.png", "loss.png", "online_acc.png", "spectrum.png"]
+    for path in written:
+        assert path.parent == tmp_path
+        assert_png(path)
+
+
+def test_continuous_colours_and_spectrum_from_embeddings(tmp_path):
+    write_metrics(tmp_path, with_online_acc=False)
+    embeddings = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))
+    written = plot_run(tmp_path, None, embeddings, colour_by=torch.rand(40), colour_name="m")
+    assert sorted(path.name for path in written) == ["embedding.png", "loss.png", "spectrum.png"]
+    for path in written:
+        assert_png(path)
+    with pytest.raises(ValueError, match="colour_by"):
+        plot_run(tmp_path, None, embeddings, colour_by=torch.rand(7))
+
+
+def test_missing_or_empty_metrics_are_skipped(tmp_path):
+    assert plot_run(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert plot_run(tmp_path) == []
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_malformed_metrics_line_names_the_file_and_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
+        read_metrics(tmp_path / "metrics.jsonl")
