@@ -1,0 +1,126 @@
+"""The ``contrastlab`` command: train, eval, export, list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from contrastlab.config import ConfigError, load_config
+from contrastlab.data.base import DataError
+from contrastlab.engine.checkpoint import CheckpointError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (train CFG --run-dir D a.b=1): argparse leaves them over.
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides.extend(extra)
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contrastlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="pre-train an encoder, then evaluate it")
+    train.add_argument("config", nargs="?", help="YAML recipe (see configs/); omit with --resume or to start from the defaults")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
+    train.add_argument("--run-dir", type=Path, help="output folder (default: runs/<recipe>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained run's frozen backbone")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("overrides", nargs="*", help="eval.key=value overrides, e.g. eval.knn_k=20")
+    evaluate.set_defaults(run=_eval)
+
+    export = sub.add_parser("export", help="write the backbone's weights as safetensors")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="e.g. backbone.safetensors")
+    export.set_defaults(run=_export)
+
+    listing = sub.add_parser("list", help="list methods, datasets and backbones")
+    listing.set_defaults(run=_list)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from contrastlab.engine.distributed import cleanup_distributed, init_distributed
+    from contrastlab.engine.evaluation import evaluate_run
+    from contrastlab.engine.trainer import Trainer, TrainingDiverged
+
+    if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
+        args.overrides.insert(0, args.config)
+        args.config = None
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("with --resume the run's own config.yaml is used; give only overrides")
+        cfg = load_config(args.resume / "config.yaml", args.overrides)
+        run_dir = args.resume
+    else:
+        cfg = load_config(args.config, args.overrides)  # no recipe: the defaults in config.py
+        stem = Path(args.config).stem if args.config else "defaults"
+        run_dir = args.run_dir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = init_distributed(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, run_dir, env, resume=args.resume is not None)
+        trainer.fit()
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup_distributed()
+    if env.rank == 0:
+        print(f"run folder: {run_dir}")
+        if cfg.eval.at_end:
+            evaluate_run(run_dir, cfg)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from contrastlab.engine.evaluation import evaluate_run
+
+    cfg = load_config(args.run_dir / "config.yaml", args.overrides)
+    evaluate_run(args.run_dir, cfg)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from contrastlab.engine.checkpoint import export_backbone, load_checkpoint
+
+    state = load_checkpoint(args.run_dir)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    cfg = state["config"]
+    meta = {"backbone": cfg["backbone"]["name"], "options": cfg["backbone"]["options"],
+            "input_shape": state["input_shape"], "method": cfg["method"]["name"]}
+    out = export_backbone(weights, meta, args.out)
+    print(f"wrote {out} ({len(weights)} tensors; backbone {meta['backbone']}, input {meta['input_shape']})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from contrastlab.data import DATASETS
+    from contrastlab.methods import METHODS
+    from contrastlab.models import BACKBONES
+
+    for title, registry in (("methods", METHODS), ("datasets", DATASETS), ("backbones", BACKBONES)):
+        print(f"{title}:")
+        for name, summary in registry.summaries():
+            print(f"  {name:<16} {summary}")
+    return 0

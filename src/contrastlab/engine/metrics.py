@@ -1,0 +1,65 @@
+"""Metrics sinks of a run folder: JSON lines, CSV and (when installed) TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to ``metrics.jsonl``; mirrors it to ``metrics.csv``
+    and TensorBoard. On resume, records after the checkpoint's step are dropped first, so the
+    files read as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+        self.records: list[dict[str, Any]] = []
+        if not enabled:
+            return
+        if resume_step is not None and self.jsonl.exists():
+            lines = self.jsonl.read_text().splitlines()
+            self.records = [r for r in map(json.loads, lines) if r.get("step", 0) <= resume_step]
+            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        else:
+            self.jsonl.write_text("")
+        self.tensorboard = _tensorboard_writer(run_dir)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record.get("step", 0))
+
+    def flush(self) -> None:
+        """Rewrite ``metrics.csv`` with the union of all keys seen (cheap: one row per log)."""
+        if not self.enabled or not self.records:
+            return
+        keys = list(dict.fromkeys(k for r in self.records for k in r))
+        with self.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.records)
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.enabled and self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _tensorboard_writer(run_dir: Path):  # noqa: ANN202
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: pip install contrastlab[tensorboard]
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,107 @@
+"""Builds a run's parts from its config: data, views, backbone, method, device, precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from contrastlab.config import Config, ConfigError
+from contrastlab.data import DATASETS, ImageData
+from contrastlab.data.augment import build_views
+from contrastlab.data.preprocess import Normalize, channel_stats
+from contrastlab.methods import METHODS
+from contrastlab.methods.base import Method
+from contrastlab.models import build_backbone
+
+
+@dataclass
+class RunData:
+    """The splits and the normalisation fitted on the training images.
+
+    ``probe_train`` is what evaluation fits its probes on: ``data.probe_split`` when set (e.g.
+    STL-10's labelled ``train`` beside the unlabelled pre-training split), else ``train``.
+    """
+
+    train: ImageData
+    test: ImageData
+    probe_train: ImageData
+    normalize: Normalize
+
+
+def load_data(cfg: Config) -> RunData:
+    try:
+        load = DATASETS.get(cfg.data.name)
+    except KeyError as err:
+        raise ConfigError(f"data.name: {err.args[0]}") from None
+    d = cfg.data
+    train = load(d.train_split, root=d.root, size=d.train_size, seed=d.seed)
+    test = load(d.test_split, root=d.root, size=d.test_size, seed=d.seed)
+    probe_train = train
+    if d.probe_split is not None and d.probe_split != d.train_split:
+        probe_train = load(d.probe_split, root=d.root, size=d.train_size, seed=d.seed)
+    for split, other in ((d.test_split, test), (d.probe_split, probe_train)):
+        if other.shape[0] != train.shape[0]:
+            raise ConfigError(
+                f"data: '{d.train_split}' images have {train.shape[0]} channels but "
+                f"'{split}' images have {other.shape[0]}"
+            )
+    mean, std = channel_stats(train.images)
+    return RunData(train, test, probe_train, Normalize(mean, std))
+
+
+def make_views(cfg: Config, data: RunData) -> list:
+    """The two view pipelines of ``cfg.augment`` for this data."""
+    a = cfg.augment
+    channels, height, _ = data.train.shape
+    return build_views(
+        a.preset,
+        image_size=height,
+        channels=channels,
+        normalize=data.normalize,
+        size=a.size,
+        crop_scale=a.crop_scale,
+        jitter_strength=a.jitter_strength,
+        jitter_prob=a.jitter_prob,
+        gray_prob=a.gray_prob,
+        blur_prob=a.blur_prob,
+        solarize_prob=a.solarize_prob,
+    )
+
+
+def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+    try:
+        return build_backbone(cfg.backbone.name, input_shape, **cfg.backbone.options)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"backbone: {err.args[0] if err.args else err}") from None
+
+
+def make_method(cfg: Config, input_shape: tuple[int, int, int]) -> Method:
+    backbone = make_backbone(cfg, input_shape)
+    return METHODS.get(cfg.method.name)(cfg.method, backbone)
+
+
+def view_shape(cfg: Config, data: RunData) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a training view (the crop size when ``augment.size`` is set)."""
+    channels, height, width = data.train.shape
+    size = cfg.augment.size
+    return (channels, size, size) if size else (channels, height, width)
+
+
+def resolve_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but CUDA is not available; use 'auto' or 'cpu'")
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` on ``device`` (``None`` = fp32)."""
+    if precision == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

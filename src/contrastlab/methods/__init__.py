@@ -1,0 +1,9 @@
+"""Methods: one module each, registered by name in ``METHODS``."""
+
+from contrastlab.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+from contrastlab.methods import simclr  # noqa: E402,F401  (registers)
+
+__all__ = ["METHODS"]

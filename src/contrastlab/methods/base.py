@@ -1,0 +1,70 @@
+"""The thin base every method extends, and what the trainer hands it each step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from contrastlab.config import MethodConfig
+from contrastlab.models.heads import MLPHead
+
+
+@dataclass
+class StepInput:
+    """One training step's data, as the trainer prepares it.
+
+    Attributes:
+        views: one ``(B, C, H, W)`` float tensor per view, normalised, on the device.
+        params: the per-sample augmentation parameters each view was made with.
+        pipelines: the view pipelines (``apply(batch, params)`` re-renders a view, e.g. with
+            parameters that require grad).
+        batch: ``{"images": (B, C, H, W) uint8, "index": (B,), "labels"/"targets" if any}``.
+        generator: CPU generator for any further sampling (seeded per epoch: reproducible).
+        progress: fraction of training done, in [0, 1) (for momentum schedules).
+    """
+
+    views: list[torch.Tensor]
+    params: list[dict[str, Any]] = field(default_factory=list)
+    pipelines: list[Any] = field(default_factory=list)
+    batch: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+    progress: float = 0.0
+
+
+class Method(nn.Module):
+    """A self-supervised method: a backbone, its heads and its loss.
+
+    Subclasses set ``Config`` (a :class:`MethodConfig` subclass) and implement
+    :meth:`training_step`. ``forward`` is ``training_step`` so that DistributedDataParallel
+    sees the whole step.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+
+    def make_projector(self) -> MLPHead:
+        """The standard projection head ``out_dim -> proj_hidden_dim -> proj_out_dim``."""
+        return MLPHead(
+            self.backbone.out_dim,
+            self.cfg.proj_hidden_dim,
+            self.cfg.proj_out_dim,
+            num_layers=self.cfg.proj_layers,
+        )
+
+    def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        """Returns ``{"loss": scalar, "features": (B, D) detached backbone output of view 0,
+        ...further scalars to log}``."""
+        raise NotImplementedError
+
+    def forward(self, step: StepInput) -> dict[str, torch.Tensor]:
+        return self.training_step(step)
+
+    def on_after_optimizer_step(self, progress: float) -> None:
+        """Called after every optimiser step (EMA teachers, queues); nothing by default."""

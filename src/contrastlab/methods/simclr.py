@@ -1,0 +1,35 @@
+"""SimCLR (Chen et al., 2020): NT-Xent between the projections of two views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from contrastlab.config import MethodConfig
+from contrastlab.losses import nt_xent
+from contrastlab.methods import METHODS
+from contrastlab.methods.base import Method, StepInput
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    temperature: float = 0.5
+
+
+@METHODS.register("simclr", "SimCLR: NT-Xent between two augmented views (Chen et al., 2020)")
+class SimCLR(Method):
+    Config = SimCLRConfig
+
+    def __init__(self, cfg: SimCLRConfig, backbone: torch.nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        if cfg.temperature <= 0:
+            raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
+        self.projector = self.make_projector()
+
+    def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        x1, x2 = step.views
+        h = self.backbone(torch.cat([x1, x2]))
+        z1, z2 = self.projector(h).chunk(2)
+        loss = nt_xent(z1, z2, self.cfg.temperature)
+        return {"loss": loss, "features": h[: x1.shape[0]].detach()}

@@ -1,0 +1,117 @@
+"""The training loop: resume equality, divergence handling, unlabelled data, learning."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.config import load_config
+from contrastlab.engine import checkpoint as ckpt
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.evaluation import evaluate_run
+from contrastlab.engine.trainer import Trainer, TrainingDiverged
+from contrastlab.methods.simclr import SimCLR
+
+TINY = [
+    "data.name=digits", "data.train_size=256", "data.test_size=128",
+    "augment.preset=crop-only", "augment.crop_scale=[0.5, 1.0]",
+    "backbone.name=convnet", "backbone.options={channels: [8, 16]}",
+    "method.proj_hidden_dim=32", "method.proj_out_dim=16",
+    "optim.name=sgd", "optim.lr=0.05", "optim.warmup_epochs=0.5",
+    "train.batch_size=64", "train.precision=fp32", "train.channels_last=false",
+    "train.progress=false", "train.log_every=1", "train.device=cpu",
+    "eval.max_train=256", "eval.plots=false", "eval.knn_k=20",
+]
+
+
+def tiny_config(*overrides):
+    return load_config(overrides=TINY + list(overrides))
+
+
+def losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny_config("train.epochs=3")
+    env = init_distributed("cpu")
+    Trainer(cfg, tmp_path / "whole", env).fit()
+
+    original = Trainer._train_epoch
+
+    def crash_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "split", env).fit()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert ckpt.load_checkpoint(tmp_path / "split")["epoch"] == 2
+    Trainer(cfg, tmp_path / "split", env, resume=True).fit()
+
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert len(whole) == 12 and list(whole) == list(split)
+    assert whole == split  # exactly equal, step by step, including after the resume
+    a = ckpt.load_checkpoint(tmp_path / "whole")["method"]
+    b = ckpt.load_checkpoint(tmp_path / "split")["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_finished_run_and_a_missing_checkpoint(tmp_path):
+    cfg = tiny_config("train.epochs=1")
+    env = init_distributed("cpu")
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint at"):
+        Trainer(cfg, tmp_path, env, resume=True)
+    Trainer(cfg, tmp_path, env).fit()
+    with pytest.raises(ckpt.CheckpointError, match="raise train.epochs"):
+        Trainer(cfg, tmp_path, env, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config("train.epochs=3")
+    original = SimCLR.training_step
+    calls = {"n": 0}
+
+    def poisoned(self, step):
+        out = original(self, step)
+        calls["n"] += 1
+        if calls["n"] == 6:  # second step of the second epoch
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "training_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 5.*checkpoint.pt"):
+        Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
+    state = ckpt.load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+
+
+def test_unlabelled_data_trains_and_evaluates_without_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.integers(0, 256, (96, 12, 12), dtype=np.uint8))
+    np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (32, 12, 12), dtype=np.uint8))
+    cfg = tiny_config("data.name=npz", f"data.root={tmp_path}", "data.train_size=null",
+                      "data.test_size=null", "train.batch_size=32", "train.epochs=1")
+    trainer = Trainer(cfg, tmp_path / "run", init_distributed("cpu"))
+    assert trainer.probe is None
+    trainer.fit()
+    results = evaluate_run(tmp_path / "run", cfg, echo=False)
+    assert "knn" not in results["trained"] and "linear" not in results["trained"]
+    assert results["trained"]["diagnostics"]["effective_rank"] > 1
+
+
+@pytest.mark.slow
+def test_short_training_learns_digits(tmp_path):
+    cfg = tiny_config("data.train_size=null", "data.test_size=null", "train.epochs=6",
+                      "backbone.options={channels: [16, 32]}", "eval.max_train=null",
+                      "train.log_every=10")
+    Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
+    results = evaluate_run(tmp_path, cfg, echo=False)
+    trained = results["trained"]
+    assert trained["knn"]["accuracy"] > 60.0  # chance is 10%
+    assert trained["linear"]["accuracy"] > 60.0
