@@ -3,13 +3,7 @@ gloo job on CPU (one spawn for the whole module; every collective is bounded by 
 
 from __future__ import annotations
 
-import datetime
-import multiprocessing
-import os
-import socket
-import traceback
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +23,7 @@ from contrastlab.engine.distributed import (
     wrap_ddp,
 )
 from contrastlab.losses import nt_xent
+from multiproc import run_ranks
 
 WORLD = 2
 BATCH, DIM, IN_DIM = 8, 16, 5
@@ -57,73 +52,44 @@ def linear_loss(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.T
 
 
 # ----------------------------------------------------------------------------- worker
-def worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank of the 2-process job: runs every distributed check, saves ``rank{r}.pt``."""
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def worker(env: DistEnv) -> dict:
+    """One rank of the 2-process job: runs every distributed check and returns the results."""
+    rank = env.rank
+    results: dict = {"env": env, "rank_and_world": rank_and_world(), "is_main": is_main_process()}
+    local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+
+    z1, z2, x = fixed_batch()
+    z1, z2 = z1[local].requires_grad_(), z2[local].requires_grad_()
+    loss = nt_xent(z1, z2, TEMPERATURE)
+    loss.backward()
+    results["nt_xent"] = (loss.detach(), z1.grad, z2.grad)
+
+    model = wrap_ddp(tiny_model(), env)
+    x1, x2 = x[:BATCH][local], x[BATCH:][local]
+    linear_loss(model, x1, x2).backward()
+    results["ddp_type"] = type(model).__name__
+    results["ddp_grads"] = {name: p.grad for name, p in model.module.named_parameters()}
+
+    results["gathered"] = all_gather_no_grad(torch.full((2, 3), float(rank), requires_grad=True))
+    results["mean"] = all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
     try:
-        env = init_distributed("cpu", timeout=datetime.timedelta(seconds=60))
-        results: dict = {"env": env, "rank_and_world": rank_and_world(), "is_main": is_main_process()}
-        local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        gather_with_grad(torch.zeros(3 + rank, 4))
+    except ValueError as err:
+        results["uneven_error"] = str(err)
 
-        z1, z2, x = fixed_batch()
-        z1, z2 = z1[local].requires_grad_(), z2[local].requires_grad_()
-        loss = nt_xent(z1, z2, TEMPERATURE)
-        loss.backward()
-        results["nt_xent"] = (loss.detach(), z1.grad, z2.grad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bn_model = maybe_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), True, env)
+    results["bn_types"] = [type(m).__name__ for m in bn_model]
+    results["bn_warnings"] = [str(w.message) for w in caught]
 
-        model = wrap_ddp(tiny_model(), env)
-        x1, x2 = x[:BATCH][local], x[BATCH:][local]
-        linear_loss(model, x1, x2).backward()
-        results["ddp_type"] = type(model).__name__
-        results["ddp_grads"] = {name: p.grad for name, p in model.module.named_parameters()}
-
-        results["gathered"] = all_gather_no_grad(torch.full((2, 3), float(rank), requires_grad=True))
-        results["mean"] = all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
-        try:
-            gather_with_grad(torch.zeros(3 + rank, 4))
-        except ValueError as err:
-            results["uneven_error"] = str(err)
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            bn_model = maybe_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), True, env)
-        results["bn_types"] = [type(m).__name__ for m in bn_model]
-        results["bn_warnings"] = [str(w.message) for w in caught]
-
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        cleanup_distributed()
-    except BaseException:
-        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """The results of :func:`worker` on ranks 0 and 1."""
-    out_dir = tmp_path_factory.mktemp("dist")
-    ctx = multiprocessing.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, str(out_dir))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = "\n".join(f.read_text() for f in sorted(out_dir.glob("*.err")))
-    codes = [p.exitcode for p in procs]
-    assert codes == [0] * WORLD, f"worker exit codes {codes}\n{errors}"
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(worker, tmp_path_factory.mktemp("dist"), WORLD)
 
 
 # ----------------------------------------------------------------------------- 2-process tests
