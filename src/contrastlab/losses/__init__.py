@@ -1,5 +1,26 @@
 """Losses: pure functions of tensors, no trainer state."""
 
+from contrastlab.losses.barlow import barlow_twins_loss, cross_correlation
+from contrastlab.losses.byol import byol_loss
+from contrastlab.losses.contrastive import (
+    LOSS_KINDS,
+    batch_pairs,
+    contrastive_loss,
+    debiased_info_nce,
+    info_nce,
+    queue_pairs,
+)
 from contrastlab.losses.infonce import nt_xent
 
-__all__ = ["nt_xent"]
+__all__ = [
+    "LOSS_KINDS",
+    "barlow_twins_loss",
+    "batch_pairs",
+    "byol_loss",
+    "contrastive_loss",
+    "cross_correlation",
+    "debiased_info_nce",
+    "info_nce",
+    "nt_xent",
+    "queue_pairs",
+]

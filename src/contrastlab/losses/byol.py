@@ -1,0 +1,18 @@
+"""BYOL's regression loss between online predictions and target projections."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``mean_i 2 - 2 cos(p_i, z_i)`` (= the squared distance of the normalised vectors).
+
+    Args:
+        p: ``(B, D)`` online predictions (gradients flow).
+        z: ``(B, D)`` target projections; detached here (BYOL's stop-gradient).
+    """
+    if p.shape != z.shape or p.dim() != 2:
+        raise ValueError(f"p and z must both be (B, D), got {tuple(p.shape)} and {tuple(z.shape)}")
+    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()

@@ -1,0 +1,114 @@
+"""InfoNCE-family losses on similarity logits, shared by batch (SimCLR) and queue (MoCo) negatives.
+
+Every function takes cosine similarities: ``pos: (N,)`` between each anchor and its positive,
+``neg: (N, M)`` between each anchor and its M negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from contrastlab.engine.distributed import gather_with_grad, rank_and_world
+
+LOSS_KINDS = ("infonce", "dcl", "hcl")
+
+
+def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``mean_a -log exp(pos_a/t) / (exp(pos_a/t) + sum_j exp(neg_aj/t))``."""
+    _check(pos, neg, temperature)
+    logits = torch.cat([pos[:, None], neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros_like(pos, dtype=torch.long))
+
+
+def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, tau_plus: float,
+                      beta: float = 0.0) -> torch.Tensor:
+    """DCL (Chuang et al., 2020; ``beta = 0``) and HCL (Robinson et al., 2021; ``beta > 0``).
+
+    ``Ng = max((sum_j w_j e^{neg_j/t} - tau_plus M e^{pos/t}) / (1 - tau_plus), M e^{-1/t})`` with
+    ``w_j = e^{beta neg_j/t} / mean_k e^{beta neg_k/t}`` (not detached, as in the HCL code), and
+    ``L = mean_a -log(e^{pos/t} / (e^{pos/t} + Ng))``. Computed with every exponential shifted by
+    ``e^{-1/t}`` (cosines are at most 1), so small temperatures do not overflow.
+    """
+    _check(pos, neg, temperature)
+    if not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    m = neg.shape[1]
+    weights = m * torch.softmax(beta * neg / temperature, dim=1)  # mean 1 over the negatives
+    pos_shifted = torch.exp((pos - 1) / temperature)
+    negatives = (weights * torch.exp((neg - 1) / temperature)).sum(dim=1)
+    ng = (negatives - tau_plus * m * pos_shifted) / (1 - tau_plus)
+    log_floor = math.log(m) - 2.0 / temperature  # log of M e^{-1/t}, shifted by e^{-1/t}
+    log_ng = torch.where(ng > math.exp(log_floor), torch.log(ng.clamp_min(1e-38)), torch.full_like(ng, log_floor))
+    log_pos = (pos - 1) / temperature
+    return (torch.logaddexp(log_pos, log_ng) - log_pos).mean()
+
+
+def contrastive_loss(pos: torch.Tensor, neg: torch.Tensor, temperature: float, kind: str = "infonce",
+                     tau_plus: float = 0.1, beta: float = 1.0) -> torch.Tensor:
+    """The one switch between InfoNCE, DCL and HCL (``kind``); ``dcl`` ignores ``beta``."""
+    if kind == "infonce":
+        return info_nce(pos, neg, temperature)
+    if kind == "dcl":
+        return debiased_info_nce(pos, neg, temperature, tau_plus, 0.0)
+    if kind == "hcl":
+        return debiased_info_nce(pos, neg, temperature, tau_plus, beta)
+    raise ValueError(f"unknown contrastive loss '{kind}'; expected one of {', '.join(LOSS_KINDS)}")
+
+
+def batch_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's 2B-batch convention: ``pos: (2B,)``, ``neg: (2B, 2N - 2)``.
+
+    Each of the 2B local embeddings is an anchor; its positive is the other view of the same
+    image; its negatives are every other embedding of the global batch (``N = world * B``,
+    gathered with gradients from all ranks) except itself and its positive.
+
+    Args:
+        z1, z2: ``(B, D)`` projections of the two views (L2-normalised here).
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must both be (B, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+    z1, z2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
+    rank, _ = rank_and_world()
+    b = z1.shape[0]
+    all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
+    n = all1.shape[0]
+    sims = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T  # (2B, 2N)
+    local = torch.arange(b, device=z1.device) + rank * b
+    self_index = torch.cat([local, local + n])
+    positive_index = torch.cat([local + n, local])
+    rows = torch.arange(2 * b, device=z1.device)
+    keep = torch.ones_like(sims, dtype=torch.bool)
+    keep[rows, self_index] = False
+    keep[rows, positive_index] = False
+    return sims[rows, positive_index], sims[keep].view(2 * b, 2 * n - 2)
+
+
+def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's pairs: ``pos: (B,)`` query-key similarities, ``neg: (B, K)`` query-queue ones.
+
+    Args:
+        q: ``(B, D)`` queries (L2-normalised here; gradients flow).
+        k: ``(B, D)`` keys from the momentum encoder (normalised here; treated as constants).
+        queue: ``(K, D)`` past keys, already L2-normalised (constants).
+    """
+    if q.shape != k.shape or q.dim() != 2 or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"expected q, k: (B, D) and queue: (K, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(queue.shape)}"
+        )
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q = F.normalize(q.to(dtype), dim=1)
+    k = F.normalize(k.detach().to(dtype), dim=1)
+    return (q * k).sum(dim=1), q @ queue.detach().to(dtype).T
+
+
+def _check(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0] or neg.shape[1] == 0:
+        raise ValueError(f"expected pos: (N,) and neg: (N, M >= 1), got {tuple(pos.shape)} and {tuple(neg.shape)}")
