@@ -34,8 +34,18 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = tiny_config("train.epochs=3")
+METHOD_OVERRIDES = {
+    "simclr": ["method.name=simclr"],
+    "moco": ["method.name=moco", "method.queue_size=96", "method.symmetric=true"],
+    "byol": ["method.name=byol", "method.pred_hidden_dim=32"],
+    "barlow_twins": ["method.name=barlow_twins", "method.proj_layers=2"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OVERRIDES))
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    """Every method's state (EMA teachers, queues) survives a crash and resume exactly."""
+    cfg = tiny_config("train.epochs=3", *METHOD_OVERRIDES[method])
     env = init_distributed("cpu")
     Trainer(cfg, tmp_path / "whole", env).fit()
 

@@ -1,8 +1,12 @@
-"""SimCLR (Chen et al., 2020): NT-Xent between the projections of two views."""
+"""SimCLR (Chen et al., 2020): NT-Xent between the projections of two views.
+
+``method.loss`` switches the contrastive loss to DCL or HCL on the same batch negatives.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -13,11 +17,24 @@ from contrastlab.methods.base import Method, StepInput
 
 
 @dataclass
-class SimCLRConfig(MethodConfig):
+class ContrastiveConfig(MethodConfig):
+    """Fields of methods with an InfoNCE-family loss (SimCLR, MoCo)."""
+
     temperature: float = 0.5
+    loss: Literal["infonce", "dcl", "hcl"] = "infonce"
+    tau_plus: float = 0.1  # DCL/HCL class prior
+    beta: float = 1.0  # HCL concentration (0 = DCL)
+
+    def loss_options(self) -> dict:
+        return {"kind": self.loss, "tau_plus": self.tau_plus, "beta": self.beta}
 
 
-@METHODS.register("simclr", "SimCLR: NT-Xent between two augmented views (Chen et al., 2020)")
+@dataclass
+class SimCLRConfig(ContrastiveConfig):
+    pass
+
+
+@METHODS.register("simclr", "SimCLR: NT-Xent (or DCL/HCL) between two augmented views (Chen et al., 2020)")
 class SimCLR(Method):
     Config = SimCLRConfig
 
@@ -31,5 +48,5 @@ class SimCLR(Method):
         x1, x2 = step.views
         h = self.backbone(torch.cat([x1, x2]))
         z1, z2 = self.projector(h).chunk(2)
-        loss = nt_xent(z1, z2, self.cfg.temperature)
+        loss = nt_xent(z1, z2, self.cfg.temperature, **self.cfg.loss_options())
         return {"loss": loss, "features": h[: x1.shape[0]].detach()}

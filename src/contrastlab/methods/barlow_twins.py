@@ -1,0 +1,39 @@
+"""Barlow Twins (Zbontar et al., 2021): cross-correlation of the two views' embeddings -> identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contrastlab.config import MethodConfig
+from contrastlab.losses import barlow_twins_loss
+from contrastlab.methods import METHODS
+from contrastlab.methods.base import Method, StepInput
+
+
+@dataclass
+class BarlowTwinsConfig(MethodConfig):
+    proj_hidden_dim: int = 2048
+    proj_out_dim: int = 2048
+    proj_layers: int = 3
+    lambd: float = 0.0051  # weight of the off-diagonal terms
+
+
+@METHODS.register("barlow_twins", "Barlow Twins: cross-correlation towards the identity (Zbontar et al., 2021)")
+class BarlowTwins(Method):
+    Config = BarlowTwinsConfig
+
+    def __init__(self, cfg: BarlowTwinsConfig, backbone: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        if cfg.lambd < 0:
+            raise ValueError(f"method.lambd must be >= 0, got {cfg.lambd}")
+        self.projector = self.make_projector()
+
+    def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        x1, x2 = step.views
+        h = self.backbone(torch.cat([x1, x2]))
+        z1, z2 = self.projector(h).chunk(2)
+        loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
+        return {"loss": loss, "features": h[: x1.shape[0]].detach()}

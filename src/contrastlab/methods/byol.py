@@ -1,0 +1,48 @@
+"""BYOL (Grill et al., 2020): predict an EMA target network's projection of the other view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contrastlab.config import MethodConfig
+from contrastlab.losses import byol_loss
+from contrastlab.methods import METHODS
+from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.momentum import EMATeacher, cosine_momentum
+from contrastlab.models.heads import MLPHead
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    proj_hidden_dim: int = 4096
+    proj_out_dim: int = 256
+    pred_hidden_dim: int = 4096
+    base_momentum: float = 0.996  # cosine schedule from base to final over training
+    final_momentum: float = 1.0
+
+
+@METHODS.register("byol", "BYOL: predictor + EMA target, symmetric cosine loss (Grill et al., 2020)")
+class BYOL(Method):
+    Config = BYOLConfig
+
+    def __init__(self, cfg: BYOLConfig, backbone: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        self.projector = self.make_projector()
+        self.predictor = MLPHead(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim)
+        self.teacher = EMATeacher(self.backbone, self.projector)
+
+    def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        x1, x2 = step.views
+        both = torch.cat([x1, x2])
+        h = self.backbone(both)
+        p1, p2 = self.predictor(self.projector(h)).chunk(2)
+        t1, t2 = self.teacher(both).chunk(2)
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        return {"loss": loss, "features": h[: x1.shape[0]].detach()}
+
+    def on_after_optimizer_step(self, progress: float) -> None:
+        momentum = cosine_momentum(self.cfg.base_momentum, self.cfg.final_momentum, progress)
+        self.teacher.update(momentum, self.backbone, self.projector)

@@ -1,0 +1,70 @@
+"""MoCo v2 (Chen et al., 2020): queries against a momentum encoder's keys and a queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from contrastlab.losses import contrastive_loss, queue_pairs
+from contrastlab.methods import METHODS
+from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.momentum import EMATeacher, cosine_momentum
+from contrastlab.methods.queue import FeatureQueue
+from contrastlab.methods.shuffle_bn import shuffled_forward
+from contrastlab.methods.simclr import ContrastiveConfig
+
+
+@dataclass
+class MoCoConfig(ContrastiveConfig):
+    temperature: float = 0.2
+    queue_size: int = 65536
+    base_momentum: float = 0.99  # key encoder EMA; MoCo v2 uses 0.999 at 200+ epochs
+    final_momentum: float = 0.99  # > base_momentum: cosine schedule towards it
+    bn_guard: Literal["shuffle", "none"] = "shuffle"  # or none + train.sync_batchnorm=true
+    bn_splits: int = 2  # one process: shuffled chunks for the key encoder's BatchNorm
+    symmetric: bool = False  # also contrast view 2's query with view 1's key
+
+
+@METHODS.register("moco", "MoCo v2: momentum key encoder and a queue of negatives (Chen et al., 2020)")
+class MoCo(Method):
+    Config = MoCoConfig
+
+    def __init__(self, cfg: MoCoConfig, backbone: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        if cfg.temperature <= 0:
+            raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
+        self.projector = self.make_projector()
+        self.teacher = EMATeacher(self.backbone, self.projector)
+        self.queue = FeatureQueue(cfg.queue_size, cfg.proj_out_dim)
+        self._keys: torch.Tensor | None = None
+
+    def _keys_of(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.bn_guard == "shuffle":
+            return shuffled_forward(self.teacher.module, x, self.cfg.bn_splits, generator)
+        return self.teacher(x)
+
+    def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        x1, x2 = step.views
+        views = (x1, x2) if self.cfg.symmetric else (x1,)
+        h = self.backbone(torch.cat(views))
+        queries = self.projector(h).chunk(len(views))
+        keys = [self._keys_of(x2, step.generator)]
+        if self.cfg.symmetric:
+            keys.append(self._keys_of(x1, step.generator))
+        # The keys are enqueued only after the optimiser step, when backward no longer needs the queue.
+        losses = [
+            contrastive_loss(*queue_pairs(q, k, self.queue.features), self.cfg.temperature, **self.cfg.loss_options())
+            for q, k in zip(queries, keys)
+        ]
+        self._keys = torch.cat(keys)
+        return {"loss": sum(losses) / len(losses), "features": h[: x1.shape[0]].detach()}
+
+    def on_after_optimizer_step(self, progress: float) -> None:
+        momentum = cosine_momentum(self.cfg.base_momentum, self.cfg.final_momentum, progress)
+        self.teacher.update(momentum, self.backbone, self.projector)
+        if self._keys is not None:
+            self.queue.push(self._keys)
+            self._keys = None

@@ -1,0 +1,60 @@
+"""Each method end to end on tiny data, and what its extra state does during training."""
+
+import pytest
+import torch
+
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.trainer import Trainer
+from contrastlab.losses import contrastive_loss, queue_pairs
+from contrastlab.methods import METHODS
+from test_trainer import METHOD_OVERRIDES, tiny_config
+
+
+def test_every_registered_method_has_a_resume_test():
+    assert set(METHODS.names()) == set(METHOD_OVERRIDES)
+
+
+@pytest.mark.parametrize("method", list(METHOD_OVERRIDES))
+def test_method_trains_and_moves_its_weights(tmp_path, method):
+    trainer = Trainer(tiny_config("train.epochs=1", *METHOD_OVERRIDES[method]), tmp_path, init_distributed("cpu"))
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    trainer.fit()
+    after = trainer.method.state_dict()
+    changed = [k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])]
+    assert changed, "no backbone weight changed"
+    losses = [r["loss"] for r in trainer.logger.records if "loss" in r]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_teacher_follows_the_student_slowly(tmp_path, method):
+    trainer = Trainer(tiny_config("train.epochs=1", *METHOD_OVERRIDES[method]), tmp_path, init_distributed("cpu"))
+    m = trainer.method
+    teacher0 = [p.clone() for p in m.teacher.parameters()]
+    student0 = [p.clone() for p in list(m.backbone.parameters()) + list(m.projector.parameters())]
+    assert all(torch.equal(t, s) for t, s in zip(teacher0, student0))  # teacher starts as a copy
+    trainer.fit()
+    student = list(m.backbone.parameters()) + list(m.projector.parameters())
+    moved = sum((t - t0).norm() for t, t0 in zip(m.teacher.parameters(), teacher0))
+    student_moved = sum((s - s0).norm() for s, s0 in zip(student, student0))
+    assert 0 < moved < student_moved
+    assert all(not p.requires_grad for p in m.teacher.parameters())
+
+
+def test_moco_enqueues_the_keys_it_contrasted_against(tmp_path):
+    cfg = tiny_config("train.epochs=1", "method.name=moco", "method.queue_size=100", "method.bn_guard=none")
+    trainer = Trainer(cfg, tmp_path, init_distributed("cpu"))
+    moco = trainer.method
+    views = [torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)]
+    from contrastlab.methods.base import StepInput
+
+    queue_before = moco.queue.features.clone()
+    out = moco.training_step(StepInput(views, generator=torch.Generator()))
+    q = moco.projector(moco.backbone(views[0]))
+    k = moco.teacher(views[1])
+    expected = contrastive_loss(*queue_pairs(q, k, queue_before), cfg.method.temperature)
+    assert torch.allclose(out["loss"], expected, atol=1e-5)
+    assert torch.equal(moco.queue.features, queue_before)  # nothing enqueued before the optimiser step
+    moco.on_after_optimizer_step(0.5)
+    assert torch.allclose(moco.queue.features[:8], torch.nn.functional.normalize(k, dim=1), atol=1e-6)
+    assert int(moco.queue.pointer) == 8
