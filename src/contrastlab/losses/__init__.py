@@ -7,6 +7,7 @@ from contrastlab.losses.contrastive import (
     batch_pairs,
     contrastive_loss,
     debiased_info_nce,
+    hard_negative_log_weights,
     info_nce,
     queue_pairs,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "contrastive_loss",
     "cross_correlation",
     "debiased_info_nce",
+    "hard_negative_log_weights",
     "info_nce",
     "nt_xent",
     "queue_pairs",

@@ -15,4 +15,5 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """
     if p.shape != z.shape or p.dim() != 2:
         raise ValueError(f"p and z must both be (B, D), got {tuple(p.shape)} and {tuple(z.shape)}")
-    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+    dtype = torch.promote_types(p.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+    return (2 - 2 * F.cosine_similarity(p.to(dtype), z.detach().to(dtype), dim=1)).mean()

@@ -17,10 +17,28 @@ LOSS_KINDS = ("infonce", "dcl", "hcl")
 
 
 def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``mean_a -log exp(pos_a/t) / (exp(pos_a/t) + sum_j exp(neg_aj/t))``."""
+    """``mean_a -log exp(pos_a/t) / (exp(pos_a/t) + sum_j exp(neg_aj/t))`` (stable cross-entropy).
+
+    Args:
+        pos: ``(N,)`` and neg: ``(N, M)`` similarities; temperature: ``t > 0``.
+    """
     _check(pos, neg, temperature)
     logits = torch.cat([pos[:, None], neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros_like(pos, dtype=torch.long))
+
+
+def hard_negative_log_weights(neg: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
+    """HCL's importance weights in log space: ``log w_j``, ``w_j = e^{beta neg_j/t} / mean_k e^{beta neg_k/t}``.
+
+    Args:
+        neg: ``(N, M)`` anchor-negative cosine similarities.
+    Returns:
+        ``(N, M)``; ``exp`` of each row has mean 1 (all zeros, i.e. uniform weights, for ``beta = 0``).
+        Not detached: gradients flow through the weights, as in the HCL code.
+    """
+    if temperature <= 0 or beta < 0:
+        raise ValueError(f"need temperature > 0 and beta >= 0, got temperature={temperature}, beta={beta}")
+    return math.log(neg.shape[1]) + torch.log_softmax(beta * neg / temperature, dim=1)
 
 
 def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, tau_plus: float,
@@ -28,23 +46,32 @@ def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, 
     """DCL (Chuang et al., 2020; ``beta = 0``) and HCL (Robinson et al., 2021; ``beta > 0``).
 
     ``Ng = max((sum_j w_j e^{neg_j/t} - tau_plus M e^{pos/t}) / (1 - tau_plus), M e^{-1/t})`` with
-    ``w_j = e^{beta neg_j/t} / mean_k e^{beta neg_k/t}`` (not detached, as in the HCL code), and
-    ``L = mean_a -log(e^{pos/t} / (e^{pos/t} + Ng))``. Computed with every exponential shifted by
-    ``e^{-1/t}`` (cosines are at most 1), so small temperatures do not overflow.
+    the weights of :func:`hard_negative_log_weights` and ``L = mean_a -log(e^{pos/t} / (e^{pos/t} + Ng))``.
+    Computed entirely in log space, so no exponential over- or underflows at small temperatures;
+    the floor ``M e^{-1/t}`` (the least ``Ng`` cosines in [-1, 1] allow) is applied exactly, and
+    where it is active ``Ng`` is a constant (no gradient to the negatives).
+
+    Args:
+        pos: ``(N,)`` and neg: ``(N, M)`` cosine similarities.
+        temperature: ``t > 0``; tau_plus: class prior in ``[0, 1)``; beta: concentration ``>= 0``.
     """
     _check(pos, neg, temperature)
     if not 0.0 <= tau_plus < 1.0:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
     m = neg.shape[1]
-    weights = m * torch.softmax(beta * neg / temperature, dim=1)  # mean 1 over the negatives
-    pos_shifted = torch.exp((pos - 1) / temperature)
-    negatives = (weights * torch.exp((neg - 1) / temperature)).sum(dim=1)
-    ng = (negatives - tau_plus * m * pos_shifted) / (1 - tau_plus)
-    log_floor = math.log(m) - 2.0 / temperature  # log of M e^{-1/t}, shifted by e^{-1/t}
-    log_ng = torch.where(ng > math.exp(log_floor), torch.log(ng.clamp_min(1e-38)), torch.full_like(ng, log_floor))
-    log_pos = (pos - 1) / temperature
+    log_pos = pos / temperature
+    log_weights = hard_negative_log_weights(neg, temperature, beta)
+    log_negatives = torch.logsumexp(log_weights + neg / temperature, dim=1)  # log sum_j w_j e^{neg_j/t}
+    log_floor = math.log(m) - 1.0 / temperature
+    above_floor = log_negatives > log_floor
+    log_ng = log_negatives
+    if tau_plus > 0:
+        # log(S - c P) = log S + log(1 - e^gap) with gap = log(c P / S), defined where gap < 0
+        gap = log_pos + math.log(tau_plus * m) - log_negatives
+        tiny = torch.finfo(gap.dtype).tiny  # keeps the unused branch finite (and its gradient 0, not NaN)
+        log_ng = log_negatives + torch.log(-torch.expm1(gap.clamp_max(-tiny))) - math.log(1 - tau_plus)
+        above_floor = (gap < 0) & (log_ng > log_floor)
+    log_ng = torch.where(above_floor, log_ng, torch.full_like(log_ng, log_floor))
     return (torch.logaddexp(log_pos, log_ng) - log_pos).mean()
 
 
