@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed
 
 from contrastlab.engine.distributed import DistEnv, cleanup_distributed, init_distributed
 
@@ -28,6 +29,7 @@ def _entry(rank: int, world: int, port: int, out_dir: str, body: Callable[[DistE
     try:
         env = init_distributed("cpu", timeout=datetime.timedelta(seconds=60))
         torch.save(body(env), Path(out_dir) / f"rank{rank}.pt")
+        torch.distributed.barrier()  # no rank tears down gloo while another is still using it
         cleanup_distributed()
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
