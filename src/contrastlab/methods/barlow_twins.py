@@ -32,8 +32,6 @@ class BarlowTwins(Method):
         self.projector = self.make_projector()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
-        x1, x2 = step.views
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).chunk(2)
+        h, z1, z2 = self.project_views(step)
         loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
-        return {"loss": loss, "features": h[: x1.shape[0]].detach()}
+        return {"loss": loss, "features": h[: z1.shape[0]].detach()}

@@ -58,6 +58,17 @@ class Method(nn.Module):
             num_layers=self.cfg.proj_layers,
         )
 
+    def project_views(self, step: StepInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backbone and ``self.projector`` on both views as one batch.
+
+        Returns ``h: (2B, D)`` backbone features (view 1's rows first) and the projections
+        ``z1, z2: (B, P)``.
+        """
+        x1, x2 = step.views
+        h = self.backbone(torch.cat([x1, x2]))
+        z1, z2 = self.projector(h).chunk(2)
+        return h, z1, z2
+
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         """Returns ``{"loss": scalar, "features": (B, D) detached backbone output of view 0,
         ...further scalars to log}``."""
