@@ -101,11 +101,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from contrastlab.engine.checkpoint import export_backbone, load_checkpoint
+    from contrastlab.engine.checkpoint import backbone_state, export_backbone, load_checkpoint
 
     state = load_checkpoint(args.run_dir)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    weights = backbone_state(state)
     cfg = state["config"]
     meta = {"backbone": cfg["backbone"]["name"], "options": cfg["backbone"]["options"],
             "input_shape": state["input_shape"], "method": cfg["method"]["name"]}

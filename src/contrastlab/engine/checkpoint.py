@@ -51,6 +51,12 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{path} is not a readable contrastlab checkpoint: {err}") from None
 
 
+def backbone_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone's weights from a checkpoint's method state (keys without ``backbone.``)."""
+    prefix = "backbone."
+    return {k[len(prefix):]: v for k, v in checkpoint["method"].items() if k.startswith(prefix)}
+
+
 def export_backbone(backbone_state: dict[str, torch.Tensor], meta: dict[str, Any], out: Path) -> Path:
     """Save backbone weights as safetensors with ``meta`` (the backbone's config) as JSON metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone_state.items()}

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from contrastlab.config import Config
-from contrastlab.engine.checkpoint import load_checkpoint
-from contrastlab.engine.setup import autocast_dtype, load_data, make_method, make_views, resolve_device
+from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
+from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
 from contrastlab.report.plots import plot_run
@@ -32,14 +32,12 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
     views = make_views(cfg, data)
     input_shape = tuple(state["input_shape"])
 
-    torch.manual_seed(cfg.train.seed)
-    method = make_method(cfg, input_shape)
-    random_backbone = method.backbone
-    method = make_method(cfg, input_shape)
-    method.load_state_dict(state["method"])
-    backbones = {"trained": method.backbone}
+    trained = make_backbone(cfg, input_shape)
+    trained.load_state_dict(backbone_state(state))
+    backbones = {"trained": trained}
     if cfg.eval.compare_random_init:
-        backbones["random_init"] = random_backbone
+        torch.manual_seed(cfg.train.seed)  # the trainer seeds the same way before building
+        backbones["random_init"] = make_backbone(cfg, input_shape)
 
     e = cfg.eval
     results: dict[str, Any] = {
@@ -71,7 +69,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         )
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     if e.plots:
-        _plots(run_dir, results, method.backbone.to(device), data, device, amp, e.batch_size)
+        _plots(run_dir, results, trained, data, device, amp, e.batch_size)
     if echo:
         print(f"{cfg.method.name} on {cfg.data.name}, {results['epochs']} epochs ({cfg.backbone.name})")
         print(format_results_table({name: results[name] for name in backbones}))
