@@ -39,6 +39,7 @@ METHOD_OVERRIDES = {
     "moco": ["method.name=moco", "method.queue_size=96", "method.symmetric=true"],
     "byol": ["method.name=byol", "method.pred_hidden_dim=32"],
     "barlow_twins": ["method.name=barlow_twins", "method.proj_layers=2"],
+    "invclr": ["method.name=invclr", "augment.preset=simclr-cifar", "method.gp_weight=0.5"],
 }
 
 

@@ -338,6 +338,12 @@ class ViewPipeline:
         self.transforms = list(transforms)
         self.normalize = normalize
 
+    @property
+    def continuous_parameters(self) -> tuple[str, ...]:
+        """Dotted paths (``"jitter.hue"``: ``params["jitter"]["hue"]``) of the parameters that
+        ``apply`` is differentiable in."""
+        return tuple(f"{t.name}.{key}" for t in self.transforms for key in t.continuous)
+
     def sample(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, Params]:
         """``{transform name: its per-sample parameters}``, drawn on the CPU with ``generator``."""
         n = batch["images"].shape[0]

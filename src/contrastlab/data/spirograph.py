@@ -170,6 +170,8 @@ class SpirographViews:
     override the nuisance ranges (see :func:`sample_nuisance`).
     """
 
+    continuous_parameters = ("nuisance",)  # params paths that ``apply`` is differentiable in
+
     def __init__(
         self, normalize: Normalize, low: Sequence[float] | None = None, high: Sequence[float] | None = None
     ) -> None:
