@@ -115,6 +115,20 @@ class EvalConfig:
     max_train: int | None = 20_000  # seeded subset of training features used by the probes
     batch_size: int = 512
     plots: bool = True
+    feature_averaging: int | None = None  # M: also evaluate features averaged over M training views
+    robustness: tuple[float, ...] | None = None  # test-time nuisance strengths (probes on clean train)
+
+    def __post_init__(self) -> None:
+        if self.feature_averaging is not None and self.feature_averaging < 1:
+            raise ConfigError(
+                f"eval.feature_averaging must be >= 1 (views averaged) or null (off), got {self.feature_averaging}"
+            )
+        if self.robustness is not None:
+            if len(self.robustness) == 0:
+                raise ConfigError("eval.robustness must list at least one strength, or be null (off)")
+            for strength in self.robustness:
+                if strength < 0:
+                    raise ConfigError(f"eval.robustness: strengths must be >= 0, got {strength}")
 
 
 @dataclass

@@ -8,11 +8,14 @@ from typing import Any
 
 import torch
 
-from contrastlab.config import Config
+from contrastlab.config import Config, ConfigError
+from contrastlab.data.base import ImageData
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
+from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
+from contrastlab.eval.robustness import check_strengths, format_robustness, perturbation_for, robustness_curve
 from contrastlab.report.plots import plot_run
 
 EMBEDDING_PLOT_POINTS = 2000
@@ -21,6 +24,11 @@ EMBEDDING_PLOT_POINTS = 2000
 def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any]:
     """Evaluate the backbone in ``run_dir/checkpoint.pt`` (and, when
     ``eval.compare_random_init``, the same backbone at initialisation) on ``cfg.data``.
+
+    With ``eval.feature_averaging = M`` the trained backbone is also evaluated on features
+    averaged over M draws of the first training view (column ``trained_fa``); with
+    ``eval.robustness`` each backbone's results get a ``robustness`` curve over those
+    test-time nuisance strengths (see :func:`robustness_curve`).
 
     Writes ``results.json`` and the plots into ``run_dir``; returns the results.
     """
@@ -31,15 +39,44 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
     data = load_data(cfg)
     views = make_views(cfg, data)
     input_shape = tuple(state["input_shape"])
+    e = cfg.eval
+    perturb = None
+    if e.robustness is not None:
+        perturb = perturbation_for(views[0], data.normalize)
+        try:
+            check_strengths(e.robustness, perturb)
+        except ValueError as err:
+            raise ConfigError(f"eval.robustness: {err}") from None
+
+    probes = dict(knn_k=e.knn_k, knn_temperature=e.knn_temperature, weight_decays=e.weight_decays,
+                  ridge_alphas=e.ridge_alphas, val_fraction=e.val_fraction)
+    common = dict(max_train=e.max_train, batch_size=e.batch_size, device=device, autocast_dtype=amp,
+                  seed=cfg.data.seed)
+
+    def evaluate_backbone(backbone: torch.nn.Module) -> dict[str, Any]:
+        backbone.to(device)
+        column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views,
+                          generator=torch.Generator().manual_seed(cfg.data.seed), **probes, **common)
+        if perturb is not None:
+            column["robustness"] = robustness_curve(backbone, data.probe_train, data.test, data.normalize,
+                                                    perturb, e.robustness, **probes, **common)
+        return column
 
     trained = make_backbone(cfg, input_shape)
     trained.load_state_dict(backbone_state(state))
-    backbones = {"trained": trained}
-    if cfg.eval.compare_random_init:
-        torch.manual_seed(cfg.train.seed)  # the trainer seeds the same way before building
-        backbones["random_init"] = make_backbone(cfg, input_shape)
+    columns = {"trained": evaluate_backbone(trained)}
+    if e.feature_averaging is not None:
+        generator = torch.Generator().manual_seed(cfg.data.seed)
 
-    e = cfg.eval
+        def averaged(split: ImageData) -> torch.Tensor:
+            return averaged_features(trained, split, views[0], e.feature_averaging, generator,
+                                     e.batch_size, device, amp)
+
+        columns["trained_fa"] = evaluate(trained, data.probe_train, data.test, data.normalize,
+                                         featurize=averaged, **probes, **common)
+    if e.compare_random_init:
+        torch.manual_seed(cfg.train.seed)  # the trainer seeds the same way before building
+        columns["random_init"] = evaluate_backbone(make_backbone(cfg, input_shape))
     results: dict[str, Any] = {
         "run": str(run_dir),
         "dataset": cfg.data.name,
@@ -47,32 +84,18 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         "backbone": cfg.backbone.name,
         "epochs": int(state["epoch"]),
         "steps": int(state["step"]),
+        **columns,
     }
-    for name, backbone in backbones.items():
-        results[name] = evaluate(
-            backbone.to(device),
-            data.probe_train,
-            data.test,
-            data.normalize,
-            views=views,
-            generator=torch.Generator().manual_seed(cfg.data.seed),
-            knn_k=e.knn_k,
-            knn_temperature=e.knn_temperature,
-            weight_decays=e.weight_decays,
-            ridge_alphas=e.ridge_alphas,
-            val_fraction=e.val_fraction,
-            max_train=e.max_train,
-            batch_size=e.batch_size,
-            device=device,
-            autocast_dtype=amp,
-            seed=cfg.data.seed,
-        )
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     if e.plots:
         _plots(run_dir, results, trained, data, device, amp, e.batch_size)
     if echo:
         print(f"{cfg.method.name} on {cfg.data.name}, {results['epochs']} epochs ({cfg.backbone.name})")
-        print(format_results_table({name: results[name] for name in backbones}))
+        print(format_results_table(columns))
+        for name, column in columns.items():
+            if "robustness" in column:
+                print(f"robustness of {name} to test-time nuisance of strength s:")
+                print(format_robustness(column["robustness"]))
         print(f"results: {run_dir / 'results.json'}")
     return results
 

@@ -9,14 +9,15 @@ from torch import nn
 
 from contrastlab.data.base import ImageData
 from contrastlab.data.preprocess import Normalize
+from contrastlab.eval.averaging import View, view_batches
 from contrastlab.eval.diagnostics import alignment, effective_rank, singular_values, uniformity
 from contrastlab.eval.features import encode, extract_features, frozen
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.eval.linear import WEIGHT_DECAYS, linear_probe
 from contrastlab.eval.regression import RIDGE_ALPHAS, ridge_regression
 
-# A view pipeline: (batch, generator) -> (B, C, H, W) float normalised view.
-View = Callable[[dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+# Features of a split: ImageData -> (N, D) float.
+Featurize = Callable[[ImageData], torch.Tensor]
 
 ALIGNMENT_IMAGES = 1024
 
@@ -25,6 +26,16 @@ def seeded_subset(n: int, size: int, seed: int) -> torch.Tensor:
     """``min(n, size)`` distinct indices of ``range(n)``, seeded, sorted: ``(min(n, size),)``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def probe_subset(train: ImageData, max_train: int | None, seed: int) -> ImageData:
+    """The seeded subset of at most ``max_train`` samples of ``train`` that the probes fit on
+    (all of ``train`` when ``max_train`` is None)."""
+    if max_train is None:
+        return train
+    if max_train < 1:
+        raise ValueError(f"max_train must be >= 1 or None, got {max_train}")
+    return train.subset(seeded_subset(len(train), max_train, seed))
 
 
 def view_alignment(
@@ -42,65 +53,41 @@ def view_alignment(
     """Alignment of the frozen features of two augmented views of (a seeded subset of at most
     ``max_images``) images of ``data``.
 
-    Each view is called with ``{"images": (B, C, H, W) uint8, "index": (B,), "labels" /
-    "targets" when ``data`` has them}`` on ``device`` and ``generator``.
+    Each view is called with the batches of :func:`view_batches` (on ``device``) and ``generator``.
     """
     if len(views) != 2:
         raise ValueError(f"alignment needs exactly two view pipelines, got {len(views)}")
     index = seeded_subset(len(data), max_images, seed)
-    per_sample = {"images": data.images, "labels": data.labels, "targets": data.targets}
     z1, z2 = [], []
     with frozen(backbone):
-        for chunk in index.split(batch_size):
-            batch = {key: value[chunk].to(device) for key, value in per_sample.items() if value is not None}
-            batch["index"] = chunk.to(device)
+        for batch in view_batches(data, batch_size, device, index):
             z1.append(encode(backbone, views[0](batch, generator), device, autocast_dtype))
             z2.append(encode(backbone, views[1](batch, generator), device, autocast_dtype))
     return alignment(torch.cat(z1), torch.cat(z2))
 
 
-def evaluate(
-    backbone: nn.Module,
+def probe_metrics(
+    train_feats: torch.Tensor,
     train: ImageData,
+    test_feats: torch.Tensor,
     test: ImageData,
-    normalize: Normalize,
     *,
-    views: Sequence[View] | None = None,
-    generator: torch.Generator | None = None,
     knn_k: int = 200,
     knn_temperature: float = 0.1,
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
     ridge_alphas: Sequence[float] = RIDGE_ALPHAS,
     val_fraction: float = 0.1,
-    max_train: int | None = None,
-    batch_size: int = 512,
-    device: str | torch.device = "cpu",
-    autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
 ) -> dict:
-    """Evaluate the frozen ``backbone`` with every probe that ``train``/``test`` support.
+    """Every probe that ``train``/``test`` support, fitted on ``train_feats``: ``(N, D)`` (the
+    features of ``train``'s samples) and scored on ``test_feats``: ``(M, D)``, on their device.
 
-    Features of the test set and of (a seeded subset of at most ``max_train`` images of) the
-    train set are extracted once; the probes run on ``device``.
-
-    Returns a JSON-serialisable dict:
-        ``num_train``, ``num_test``, ``feature_dim``;
-        ``knn`` ``{"accuracy", "k", "temperature"}`` and ``linear`` (see :func:`linear_probe`)
-        when both splits have labels;
-        ``regression`` (see :func:`ridge_regression`) when both splits have targets;
-        ``diagnostics`` of the test features: ``effective_rank``, ``singular_values`` (the
-        full spectrum), ``uniformity``, and ``alignment`` when two ``views`` are given.
+    Returns ``knn`` ``{"accuracy", "k", "temperature"}`` and ``linear`` (see
+    :func:`linear_probe`) when both splits have labels, ``regression`` (see
+    :func:`ridge_regression`) when both have targets.
     """
-    if max_train is not None:
-        if max_train < 1:
-            raise ValueError(f"max_train must be >= 1 or None, got {max_train}")
-        train = train.subset(seeded_subset(len(train), max_train, seed))
-
-    def features(data: ImageData) -> torch.Tensor:
-        return extract_features(backbone, data.images, normalize, batch_size, device, autocast_dtype).to(device)
-
-    train_feats, test_feats = features(train), features(test)
-    results: dict = {"num_train": len(train), "num_test": len(test), "feature_dim": train_feats.shape[1]}
+    results: dict = {}
+    device = train_feats.device
     if train.labels is not None and test.labels is not None:
         train_labels, test_labels = train.labels.to(device), test.labels.to(device)
         accuracy = knn_accuracy(train_feats, train_labels, test_feats, test_labels, knn_k, knn_temperature)
@@ -117,6 +104,53 @@ def evaluate(
             train_feats, train.targets.to(device), test_feats, test.targets.to(device),
             test.target_names, ridge_alphas, val_fraction, seed,
         )
+    return results
+
+
+def evaluate(
+    backbone: nn.Module,
+    train: ImageData,
+    test: ImageData,
+    normalize: Normalize,
+    *,
+    featurize: Featurize | None = None,
+    views: Sequence[View] | None = None,
+    generator: torch.Generator | None = None,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+    ridge_alphas: Sequence[float] = RIDGE_ALPHAS,
+    val_fraction: float = 0.1,
+    max_train: int | None = None,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> dict:
+    """Evaluate the frozen ``backbone`` with every probe that ``train``/``test`` support.
+
+    Features of the test set and of (a seeded subset of at most ``max_train`` images of) the
+    train set are computed once by ``featurize`` (default: :func:`extract_features` of the
+    ``normalize``-d images; e.g. :func:`~contrastlab.eval.averaging.averaged_features` for
+    test-time feature averaging); the probes run on ``device``.
+
+    Returns a JSON-serialisable dict:
+        ``num_train``, ``num_test``, ``feature_dim``;
+        the probes of :func:`probe_metrics` (``knn``, ``linear``, ``regression``);
+        ``diagnostics`` of the test features: ``effective_rank``, ``singular_values`` (the
+        full spectrum), ``uniformity``, and ``alignment`` when two ``views`` are given.
+    """
+    train = probe_subset(train, max_train, seed)
+    if featurize is None:
+        def featurize(data: ImageData) -> torch.Tensor:
+            return extract_features(backbone, data.images, normalize, batch_size, device, autocast_dtype)
+
+    train_feats, test_feats = featurize(train).to(device), featurize(test).to(device)
+    results: dict = {"num_train": len(train), "num_test": len(test), "feature_dim": train_feats.shape[1]}
+    results.update(probe_metrics(
+        train_feats, train, test_feats, test, knn_k=knn_k, knn_temperature=knn_temperature,
+        weight_decays=weight_decays, ridge_alphas=ridge_alphas, val_fraction=val_fraction, seed=seed,
+    ))
     diagnostics: dict = {
         "effective_rank": effective_rank(test_feats),
         "singular_values": singular_values(test_feats).tolist(),

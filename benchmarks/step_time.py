@@ -1,0 +1,103 @@
+"""Step-time ratio of method variants to a baseline, on the same data, backbone and batch.
+
+Each variant trains with the real trainer (views made on the device, forward, backward,
+optimiser step) for ``--steps`` steps after ``--warmup`` untimed ones; the runs are
+interleaved over ``--repeats`` rounds so that drift in the machine's load hits every variant
+alike, and the per-step time is the median over all timed steps. A variant is
+``name=override,override,...`` (the first one is the baseline).
+
+    .venv/bin/python benchmarks/step_time.py --out invclr_step_time \\
+        --base configs/simclr-spirograph-convnet.yaml \\
+        "simclr=method.name=simclr" "invclr=method.name=invclr,method.gp_weight=0.01"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from contrastlab.config import load_config
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.trainer import Trainer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition("=")
+    if not name or not overrides:
+        raise SystemExit(f"a variant is name=override[,override...], got '{text}'")
+    return name, overrides.split(",")
+
+
+def step_times(recipe: str, overrides: list[str], steps: int, warmup: int, run_dir: Path) -> list[float]:
+    """Seconds per step of ``steps`` timed steps (after ``warmup``) of one fresh trainer."""
+    cfg = load_config(recipe, [*overrides, "train.progress=false", "eval.at_end=false", "train.epochs=1",
+                               f"train.max_steps_per_epoch={steps + warmup}"])
+    trainer = Trainer(cfg, run_dir, init_distributed(cfg.train.device))
+    order = torch.randperm(len(trainer.data.train), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    trainer.method.train()
+    times = []
+    for i in range(steps + warmup):
+        index = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+        start = time.perf_counter()
+        trainer._step(trainer._batch(index), generator)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="name=override,override (the first is the baseline)")
+    parser.add_argument("--base", required=True, help="the recipe every variant starts from")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", help="write benchmarks/results/<out>.{json,md}")
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variants)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.repeats):
+            for name, overrides in variants.items():
+                times[name] += step_times(args.base, overrides, args.steps, args.warmup, Path(tmp) / f"{name}-{round_}")
+                print(f"round {round_ + 1}: {name:<28} {statistics.median(times[name]):.3f} s/step", flush=True)
+    baseline = next(iter(variants))
+    cfg = load_config(args.base, variants[baseline])
+    rows = [{"variant": name, "overrides": variants[name], "seconds_per_step": statistics.median(t),
+             "ratio": statistics.median(t) / statistics.median(times[baseline]),
+             "images_per_s": cfg.train.batch_size / statistics.median(t)} for name, t in times.items()]
+    command = "python benchmarks/step_time.py " + " ".join(
+        [f"--base {args.base}", f"--steps {args.steps}", f"--warmup {args.warmup}", f"--repeats {args.repeats}"]
+        + (["--out " + args.out] if args.out else []) + [f'"{v}"' for v in args.variants])
+    lines = [
+        f"# Step time vs {baseline}", "",
+        f"`{command}`", "",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
+        f"data {cfg.data.name}, backbone {cfg.backbone.name}, batch {cfg.train.batch_size}, precision "
+        f"{cfg.train.precision}, channels_last {cfg.train.channels_last}. Median over "
+        f"{args.steps * args.repeats} timed steps per variant, runs interleaved.", "",
+        "| variant | overrides | s/step | images/s | step time vs baseline |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['variant']} | `{' '.join(r['overrides'])}` | {r['seconds_per_step']:.3f} | "
+              f"{r['images_per_s']:.0f} | {r['ratio']:.2f} |" for r in rows]
+    print("\n".join(lines))
+    if args.out:
+        RESULTS.mkdir(exist_ok=True)
+        env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+               "command": command}
+        (RESULTS / f"{args.out}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+        (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

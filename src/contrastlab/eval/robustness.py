@@ -1,0 +1,146 @@
+"""Robustness to test-time nuisance (InvCLR): probes fitted on clean training features, scored on
+test features of perturbed test images, one perturbation strength at a time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from contrastlab.data.augment import ColorJitter, ViewPipeline
+from contrastlab.data.base import ImageData
+from contrastlab.data.preprocess import Normalize
+from contrastlab.data.spirograph import NUISANCE_HIGH, NUISANCE_LOW, NUISANCE_NAMES, SpirographViews
+from contrastlab.eval.averaging import View, averaged_features
+from contrastlab.eval.evaluate import format_results_table, probe_metrics, probe_subset
+from contrastlab.eval.features import extract_features
+
+BACKGROUND = tuple(NUISANCE_NAMES.index(name) for name in ("b_r", "b_g", "b_b"))
+HEADLINE_METRICS = (("knn", "accuracy"), ("linear", "accuracy"), ("regression", "r2_mean"),
+                    ("regression", "mse_mean"))
+
+
+class Perturbation(Protocol):
+    """Strength -> the view pipeline that perturbs test images that much (0 = no shift)."""
+
+    name: str  # what the strength measures, for error messages
+    max_strength: float
+
+    def __call__(self, strength: float) -> View: ...
+
+
+def check_strengths(strengths: Sequence[float], perturb: Perturbation) -> None:
+    """Raise ``ValueError`` unless there is at least one strength and each lies in
+    ``[0, perturb.max_strength]``."""
+    if len(strengths) == 0:
+        raise ValueError(f"{perturb.name}: robustness needs at least one strength, got none")
+    for strength in strengths:
+        if not 0.0 <= strength <= perturb.max_strength:
+            raise ValueError(
+                f"{perturb.name} strength {strength} must lie in [0, {perturb.max_strength:g}]"
+            )
+
+
+class BackgroundShift:
+    """Spirograph: re-render the test targets with fresh nuisance whose background colour
+    ranges ``(b_r, b_g, b_b)`` are shifted up by the strength ``s``: U(low + s, high + s); the
+    other nuisance keeps its training range. ``s = 0`` is a fresh draw from the training
+    distribution; ``s`` may go up to :attr:`max_strength`, where the colour reaches 1."""
+
+    name = "Spirograph background shift"
+    max_strength = 1.0 - max(NUISANCE_HIGH[i] for i in BACKGROUND)
+
+    def __init__(self, normalize: Normalize) -> None:
+        self.normalize = normalize
+
+    def __call__(self, strength: float) -> SpirographViews:
+        check_strengths([strength], self)
+        low, high = list(NUISANCE_LOW), list(NUISANCE_HIGH)
+        for i in BACKGROUND:
+            low[i] += strength
+            high[i] += strength
+        return SpirographViews(self.normalize, low, high)
+
+
+class JitterShift:
+    """Images: colour jitter of strength ``s`` (:meth:`ColorJitter.from_strength`, applied to
+    every image, no crop), then normalisation. ``s = 0`` is exactly the clean image (no
+    transform: a zero hue rotation is the identity only up to rounding)."""
+
+    name = "colour jitter"
+    max_strength = math.inf
+
+    def __init__(self, normalize: Normalize) -> None:
+        self.normalize = normalize
+
+    def __call__(self, strength: float) -> ViewPipeline:
+        check_strengths([strength], self)
+        jitter = [ColorJitter.from_strength(strength, prob=1.0)] if strength > 0 else []
+        return ViewPipeline(jitter, self.normalize)
+
+
+def perturbation_for(view: View, normalize: Normalize) -> Perturbation:
+    """The perturbation matching a run's training view: :class:`BackgroundShift` for Spirograph
+    (:class:`SpirographViews`), :class:`JitterShift` for every other dataset."""
+    return BackgroundShift(normalize) if isinstance(view, SpirographViews) else JitterShift(normalize)
+
+
+def robustness_curve(
+    backbone: nn.Module,
+    train: ImageData,
+    test: ImageData,
+    normalize: Normalize,
+    perturb: Perturbation,
+    strengths: Sequence[float],
+    *,
+    max_train: int | None = None,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **probe_options,
+) -> list[dict]:
+    """Downstream metrics of the frozen ``backbone`` as the test images are perturbed.
+
+    The probes see the clean features of (a seeded subset of at most ``max_train`` images of)
+    ``train``; the test features come from ``perturb(s)`` applied to ``test`` with a generator
+    seeded by ``seed`` afresh for every strength (so a strength's point does not depend on the
+    others, and the strengths share their random draws). Every strength is checked before any
+    feature is computed. The probes are deterministic, so refitting them for each strength
+    gives the same fitted probe each time.
+
+    ``probe_options``: ``knn_k``, ``knn_temperature``, ``weight_decays``, ``ridge_alphas``,
+    ``val_fraction`` of :func:`~contrastlab.eval.evaluate.probe_metrics`.
+
+    Returns:
+        one dict per strength, in order: ``{"strength": s, **probe_metrics}`` (``knn``,
+        ``linear``, ``regression`` as the splits allow).
+    """
+    check_strengths(strengths, perturb)
+    views = [perturb(strength) for strength in strengths]
+    train = probe_subset(train, max_train, seed)
+    train_feats = extract_features(backbone, train.images, normalize, batch_size, device, autocast_dtype)
+    train_feats = train_feats.to(device)
+    curve = []
+    for strength, view in zip(strengths, views):
+        generator = torch.Generator().manual_seed(seed)
+        test_feats = averaged_features(backbone, test, view, 1, generator, batch_size, device, autocast_dtype)
+        metrics = probe_metrics(train_feats, train, test_feats.to(device), test, seed=seed, **probe_options)
+        curve.append({"strength": float(strength), **metrics})
+    return curve
+
+
+def format_robustness(curve: list[dict]) -> str:
+    """A table of the headline metrics (kNN and linear accuracy, ridge R^2 and MSE means), one
+    column per strength of ``curve`` (as returned by :func:`robustness_curve`)."""
+    columns = {}
+    for point in curve:
+        column: dict[str, dict] = {}
+        for group, key in HEADLINE_METRICS:
+            if group in point:
+                column.setdefault(group, {})[key] = point[group][key]
+        columns[f"s={point['strength']:g}"] = column
+    return format_results_table(columns)
