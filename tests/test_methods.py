@@ -5,8 +5,11 @@ import torch
 
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
-from contrastlab.losses import contrastive_loss, queue_pairs
+from contrastlab.losses import barlow_twins_loss, contrastive_loss, queue_pairs
 from contrastlab.methods import METHODS
+from contrastlab.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from contrastlab.methods.base import StepInput
+from contrastlab.models import build_backbone
 from test_trainer import METHOD_OVERRIDES, tiny_config
 
 
@@ -58,3 +61,15 @@ def test_moco_enqueues_the_keys_it_contrasted_against(tmp_path):
     moco.on_after_optimizer_step(0.5)
     assert torch.allclose(moco.queue.features[:8], torch.nn.functional.normalize(k, dim=1), atol=1e-6)
     assert int(moco.queue.pointer) == 8
+
+
+def test_barlow_twins_scale_loss_multiplies_the_loss():
+    torch.manual_seed(0)
+    cfg = BarlowTwinsConfig(proj_hidden_dim=16, proj_out_dim=8, proj_layers=2, scale_loss=0.1)
+    method = BarlowTwins(cfg, build_backbone("mlp", (1, 4, 4), hidden=(8,)))
+    views = [torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4)]
+    _, z1, z2 = method.project_views(StepInput(views))
+    expected = 0.1 * barlow_twins_loss(z1, z2, cfg.lambd)
+    torch.testing.assert_close(method.training_step(StepInput(views))["loss"], expected)
+    with pytest.raises(ValueError, match="scale_loss"):
+        BarlowTwins(BarlowTwinsConfig(scale_loss=0.0), build_backbone("mlp", (1, 4, 4), hidden=(8,)))

@@ -19,6 +19,9 @@ class BarlowTwinsConfig(MethodConfig):
     proj_out_dim: int = 2048
     proj_layers: int = 3
     lambd: float = 0.0051  # weight of the off-diagonal terms
+    scale_loss: float = 1.0  # multiplies the loss (solo-learn's CIFAR recipes: 0.1); it sets the
+    # step size of the parameters that LARS does not adapt (biases, norms), which the paper
+    # instead gives their own small learning rate
 
 
 @METHODS.register("barlow_twins", "Barlow Twins: cross-correlation towards the identity (Zbontar et al., 2021)")
@@ -29,9 +32,11 @@ class BarlowTwins(Method):
         super().__init__(cfg, backbone)
         if cfg.lambd < 0:
             raise ValueError(f"method.lambd must be >= 0, got {cfg.lambd}")
+        if cfg.scale_loss <= 0:
+            raise ValueError(f"method.scale_loss must be > 0, got {cfg.scale_loss}")
         self.projector = self.make_projector()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         h, z1, z2 = self.project_views(step)
-        loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
+        loss = self.cfg.scale_loss * barlow_twins_loss(z1, z2, self.cfg.lambd)
         return {"loss": loss, "features": h[: z1.shape[0]].detach()}
