@@ -12,9 +12,12 @@ from contrastlab.losses.contrastive import (
     queue_pairs,
 )
 from contrastlab.losses.infonce import nt_xent
+from contrastlab.losses.margin import MARGIN_TYPES, margin_injection
+from contrastlab.losses.oucl import oucl
 
 __all__ = [
     "LOSS_KINDS",
+    "MARGIN_TYPES",
     "barlow_twins_loss",
     "batch_pairs",
     "byol_loss",
@@ -23,6 +26,8 @@ __all__ = [
     "debiased_info_nce",
     "hard_negative_log_weights",
     "info_nce",
+    "margin_injection",
     "nt_xent",
+    "oucl",
     "queue_pairs",
 ]
