@@ -1,0 +1,283 @@
+"""Meta-learning core shared by MetAug and MetaMask: a differentiable virtual SGD step of an
+encoder and the gradient, w.r.t. "outer" parameters (augmentation generators, a dimensional
+mask), of an outer objective evaluated at the virtual weights.
+
+With encoder weights ``theta``, outer parameters ``m``, an inner loss ``L_in(theta; m)`` and an
+outer loss ``L_out(theta; m)``, one virtual step is
+
+    g = dL_in/dtheta (theta; m),    theta+ = theta - lr * (g + wd * theta + momentum * buf)
+
+(``buf``: the real optimiser's momentum buffer, so the step mimics its next update), and the
+meta-gradient is ``dF/dm`` for the unrolled objective ``F(m) = L_out(theta+(m); m)``:
+
+    dF/dm = d_m - lr * (d^2 L_in / dm dtheta)(theta; m) . v,
+    d_m = dL_out/dm (theta+; m),    v = dL_out/dtheta (theta+; m).
+
+Only ``g`` depends on ``m`` in the step (weight decay and buffer terms do not), so the formula
+holds with momentum and weight decay. ``meta_gradient`` offers three orders: ``"second"`` (exact,
+autograd through the step: a double backward), ``"first"`` (``d_m`` only) and
+``"finite_difference"`` (DARTS: the mixed term by central differences of ``dL_in/dm`` at
+``theta +- r v``, ``r = fd_radius / ||v||``, no double backward). As in DARTS the mixed
+derivative is that of the inner loss; MetaMask's reference uses its contrastive loss as both
+inner and outer loss, which is the special case ``inner_loss = outer_loss``.
+
+Parameter dictionaries map names (as in ``module.named_parameters()``) to tensors; evaluate a
+module at such a dictionary with :func:`functional_forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor, nn
+
+from contrastlab.models.batchnorm import batch_statistics_only
+
+MetaOrder = Literal["second", "first", "finite_difference"]
+Params = Mapping[str, Tensor]
+Grads = Mapping[str, Tensor | None]
+LossOf = Callable[[dict[str, Tensor]], Tensor]
+
+
+def functional_forward(module: nn.Module, params: Params, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with the tensors of ``params`` (names as in
+    ``module.named_parameters()`` / ``named_buffers()``) in place of the module's own; the
+    tensors not in ``params`` are the module's own. BatchNorm layers in training mode
+    normalise with batch statistics and leave their running statistics untouched, so a
+    virtual forward never counts as a training batch. Autograd flows into ``params``.
+    """
+    known = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"params has names that {type(module).__name__} does not have: {unknown}")
+    with batch_statistics_only(module):
+        return torch.func.functional_call(module, dict(params), args, kwargs)
+
+
+def _per_parameter(setting: str, value: float | Mapping[str, float], name: str) -> float:
+    if not isinstance(value, Mapping):
+        return value
+    if name not in value:
+        raise ValueError(f"{setting} has no value for parameter {name!r}")
+    return value[name]
+
+
+@dataclass(frozen=True, eq=False)
+class SGDStep:
+    """One plain SGD step (heavy-ball momentum, L2 weight decay, no dampening/Nesterov), the
+    update rule of ``torch.optim.SGD``:
+
+        d = g + weight_decay * theta;  buf = momentum * buf_prev + d;  theta+ = theta - lr * buf
+
+    ``momentum`` and ``weight_decay`` are one value or one per parameter name (param groups);
+    ``momentum_buffers`` maps names to ``buf_prev`` (same shape as the parameter); a name
+    without a buffer steps with ``buf = d``, as SGD's first step does. Build it from a real
+    optimiser with :meth:`like`.
+    """
+
+    lr: float
+    momentum: float | Mapping[str, float] = 0.0
+    weight_decay: float | Mapping[str, float] = 0.0
+    momentum_buffers: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"SGDStep.lr must be > 0, got {self.lr}")
+        for setting in ("momentum", "weight_decay"):
+            value = getattr(self, setting)
+            values = value.values() if isinstance(value, Mapping) else [value]
+            if any(not v >= 0 for v in values):
+                raise ValueError(f"SGDStep.{setting} must be >= 0, got {value}")
+
+    @classmethod
+    def like(cls, optimizer: torch.optim.Optimizer, params: Params) -> SGDStep:
+        """The step that ``optimizer`` (a ``torch.optim.SGD``) would take next on ``params``:
+        its current lr, each parameter's group momentum and weight decay, and its momentum
+        buffers. The buffers are the optimiser's own tensors (not copies): use the result
+        before the optimiser steps again. The optimiser's state is not modified.
+        """
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(f"SGDStep.like needs a torch.optim.SGD, got {type(optimizer).__name__}")
+        group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        lrs: dict[str, float] = {}
+        momentum: dict[str, float] = {}
+        weight_decay: dict[str, float] = {}
+        buffers: dict[str, Tensor] = {}
+        for name, param in params.items():
+            group = group_of.get(id(param))
+            if group is None:
+                raise ValueError(f"parameter {name!r} is not in the optimizer's param_groups")
+            for unsupported in ("nesterov", "maximize", "dampening"):
+                if group.get(unsupported):
+                    raise ValueError(f"the virtual SGD step does not support {unsupported}="
+                                     f"{group[unsupported]} (param group of {name!r})")
+            lrs[name] = float(group["lr"])
+            momentum[name] = group["momentum"]
+            weight_decay[name] = group["weight_decay"]
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffers[name] = buffer
+        if not lrs:
+            raise ValueError("params is empty")
+        if len(set(lrs.values())) > 1:
+            raise ValueError(f"the param groups of these parameters have different learning rates {lrs}; "
+                             "the virtual step takes one lr")
+        return cls(next(iter(lrs.values())), momentum, weight_decay, buffers)
+
+    def virtual_step(self, params: Params, grads: Grads) -> dict[str, Tensor]:
+        """``theta+`` for every name of ``params`` (a new dict, tensors of the same shapes). A
+        parameter whose gradient is missing or ``None`` is passed through unchanged. No
+        in-place operation: differentiable w.r.t. ``params`` and ``grads``, and neither the
+        inputs nor the momentum buffers are modified.
+        """
+        unknown = sorted(set(grads) - set(params))
+        if unknown:
+            raise ValueError(f"grads has names that are not in params: {unknown}")
+        stepped = {}
+        for name, theta in params.items():
+            grad = grads.get(name)
+            if grad is None:
+                stepped[name] = theta
+                continue
+            direction = grad
+            weight_decay = _per_parameter("weight_decay", self.weight_decay, name)
+            if weight_decay:
+                direction = direction + weight_decay * theta
+            buffer = self.momentum_buffers.get(name)
+            momentum = _per_parameter("momentum", self.momentum, name)
+            if buffer is not None and momentum:
+                direction = direction + momentum * buffer
+            stepped[name] = theta - self.lr * direction
+        return stepped
+
+
+def inner_gradients(loss: Tensor, params: Params, *, create_graph: bool) -> dict[str, Tensor | None]:
+    """``d loss / d params`` by name (``None`` where ``loss`` does not depend on a parameter).
+    With ``create_graph=True`` the gradients stay differentiable (w.r.t. the outer parameters
+    too), as :func:`meta_gradient` with ``order="second"`` needs; ``.detach()`` them for a real
+    optimiser step. No ``.grad`` attribute is written.
+    """
+    if loss.numel() != 1:
+        raise ValueError(f"inner_loss must return a scalar, got shape {tuple(loss.shape)}")
+    frozen = [name for name, p in params.items() if not p.requires_grad]
+    if frozen:
+        raise ValueError(f"inner params {frozen} do not require grad; cannot differentiate the inner loss")
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+    return dict(zip(params, grads))
+
+
+class MetaGradient(NamedTuple):
+    """Result of :func:`meta_gradient`."""
+
+    outer_grads: list[Tensor]  # dF/dm, one per outer parameter, same shapes, detached
+    inner_grads: dict[str, Tensor | None]  # g = dL_in/dtheta at theta, detached (None: unused)
+    outer_loss: Tensor  # L_out(theta+; m), detached scalar
+
+
+def _grads_or_zeros(value: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """``d value / d inputs``, zeros where ``value`` does not depend on an input."""
+    if not value.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    return list(torch.autograd.grad(value, list(inputs), allow_unused=True, materialize_grads=True))
+
+
+def _check_scalar(value: Tensor, what: str) -> Tensor:
+    if value.numel() != 1:
+        raise ValueError(f"{what} must return a scalar, got shape {tuple(value.shape)}")
+    return value
+
+
+def meta_gradient(
+    outer_params: Sequence[Tensor],
+    inner_params: Params,
+    inner_loss: LossOf,
+    outer_loss: LossOf,
+    step: SGDStep | float,
+    *,
+    order: MetaOrder = "second",
+    inner_grads: Grads | None = None,
+    fd_radius: float = 0.01,
+) -> MetaGradient:
+    """The gradient w.r.t. ``outer_params`` of ``F = outer_loss(theta+)`` after one virtual
+    step ``theta+ = step.virtual_step(theta, g)``, ``g = d inner_loss(theta) / d theta``.
+
+    outer_params: tensors ``m`` that require grad (generator weights, a mask vector), used
+        inside the two losses (via closures).
+    inner_params: ``theta`` by name, e.g. ``dict(encoder.named_parameters())``.
+    inner_loss, outer_loss: map a parameter dict to a scalar; evaluate the encoder with
+        :func:`functional_forward` so BatchNorm uses batch statistics and keeps its running
+        statistics. ``inner_loss`` is called at ``theta`` (unless ``inner_grads`` is given) and,
+        for ``"finite_difference"``, at ``theta +- r v``; ``outer_loss`` once at ``theta+``.
+    step: an :class:`SGDStep` (momentum, weight decay, e.g. ``SGDStep.like(optimizer, theta)``)
+        or a learning rate for a plain gradient step.
+    order: ``"second"`` exact (double backward through ``g``); ``"first"`` the direct term
+        ``dL_out/dm`` at ``theta+`` only; ``"finite_difference"`` DARTS' approximation of the
+        second-order term (needs no ``create_graph``; error O(fd_radius^2)).
+    inner_grads: ``g`` already computed by :func:`inner_gradients` from a loss value the caller
+        also uses elsewhere (one forward and one gradient serving a real optimiser step and the
+        virtual step); with ``order="second"`` it must come from ``create_graph=True``.
+        Compute the meta-gradient before an optimiser updates ``theta`` in place: ``g``'s graph
+        holds ``theta``.
+    fd_radius: length of the finite-difference step ``r v`` in parameter space.
+
+    No ``.grad`` attribute is written and no tensor is modified in place; the returned
+    gradients are detached (set them as ``m.grad`` for an optimiser step).
+    """
+    outer_params = list(outer_params)
+    if order not in get_args(MetaOrder):
+        raise ValueError(f"order must be one of {get_args(MetaOrder)}, got {order!r}")
+    if not outer_params:
+        raise ValueError("outer_params is empty: nothing to differentiate")
+    frozen = [i for i, m in enumerate(outer_params) if not m.requires_grad]
+    if frozen:
+        raise ValueError(f"outer_params at positions {frozen} do not require grad")
+    if not inner_params:
+        raise ValueError("inner_params is empty: nothing to step")
+    if not fd_radius > 0:
+        raise ValueError(f"fd_radius must be > 0, got {fd_radius}")
+    step = step if isinstance(step, SGDStep) else SGDStep(lr=step)
+
+    if inner_grads is None:
+        inner_grads = inner_gradients(inner_loss(dict(inner_params)), inner_params, create_graph=order == "second")
+    elif order == "second" and not any(g is not None and g.requires_grad for g in inner_grads.values()):
+        raise ValueError('order="second" needs inner_grads computed with create_graph=True')
+    detached_grads = {name: None if g is None else g.detach() for name, g in inner_grads.items()}
+
+    if order == "second":
+        stepped = step.virtual_step(inner_params, inner_grads)
+        value = _check_scalar(outer_loss(stepped), "outer_loss")
+        return MetaGradient(_grads_or_zeros(value, outer_params), detached_grads, value.detach())
+
+    theta = {name: p.detach() for name, p in inner_params.items()}
+    stepped = step.virtual_step(theta, detached_grads)
+    moved = [name for name, g in detached_grads.items() if g is not None]
+    for name in moved if order == "finite_difference" else ():
+        stepped[name].requires_grad_(True)  # to read v = dL_out/dtheta+
+    value = _check_scalar(outer_loss(stepped), "outer_loss")
+    if order == "first":
+        return MetaGradient(_grads_or_zeros(value, outer_params), detached_grads, value.detach())
+    grads = _grads_or_zeros(value, outer_params + [stepped[name] for name in moved])
+    direct, v = grads[: len(outer_params)], dict(zip(moved, grads[len(outer_params):]))
+    mixed = _mixed_derivative_along(v, theta, inner_loss, outer_params, fd_radius)
+    outer_grads = [d - step.lr * hvp for d, hvp in zip(direct, mixed)]
+    return MetaGradient(outer_grads, detached_grads, value.detach())
+
+
+def _mixed_derivative_along(
+    v: Params, theta: Params, inner_loss: LossOf, outer_params: list[Tensor], fd_radius: float
+) -> list[Tensor]:
+    """``(d^2 L_in / dm dtheta) . v`` at ``theta`` by central differences of ``dL_in/dm``
+    between ``theta +- r v``, ``r = fd_radius / ||v||`` (``v`` over the names that move;
+    zeros when ``v = 0``)."""
+    v_norm = torch.sqrt(sum((x * x).sum() for x in v.values())) if v else 0.0
+    if v_norm == 0:
+        return [torch.zeros_like(m) for m in outer_params]
+    radius = fd_radius / v_norm
+    at = []
+    for sign in (1.0, -1.0):
+        shifted = {**theta, **{name: theta[name] + sign * radius * x for name, x in v.items()}}
+        at.append(_grads_or_zeros(_check_scalar(inner_loss(shifted), "inner_loss"), outer_params))
+    return [(plus - minus) / (2 * radius) for plus, minus in zip(*at)]
