@@ -63,3 +63,12 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     constant = OptimConfig(lr=0.3, warmup_epochs=0, schedule="constant")
     assert learning_rate(constant, 7, 20, 5) == 0.3
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd"])
+def test_excluded_parameters_are_left_to_the_method(name):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    mask = model[0].weight  # stands for a meta-learned parameter the method steps itself
+    opt = build_optimizer(model, OptimConfig(name=name, lars_exclude_bias_and_norm=False), exclude=[mask])
+    held = [p for group in opt.param_groups for p in group["params"]]
+    assert len(held) == 3 and all(p is not mask for p in held)

@@ -52,23 +52,33 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def trainable(model: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> list[nn.Parameter]:
+    """``model``'s parameters that require grad, without those in ``exclude``."""
+    excluded = {id(p) for p in exclude}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in excluded]
+
+
+def parameter_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/normalisation (neither)."""
     decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
+    for param in params:
+        (decay if param.ndim > 1 else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
         {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, exclude: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` over ``model``'s trainable parameters except ``exclude`` (those a
+    method updates itself, e.g. meta-learned ones)."""
+    params = trainable(model, exclude)
     if cfg.name == "lars" and not cfg.lars_exclude_bias_and_norm:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups = [{"params": params}]
     else:
-        groups = parameter_groups(model, cfg.weight_decay)
+        groups = parameter_groups(params, cfg.weight_decay)
     if cfg.name == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                     trust=cfg.lars_trust)

@@ -59,7 +59,8 @@ class Trainer:
             method = method.to(memory_format=torch.channels_last)
         self.method = method
         self.model = wrap_ddp(method, env)
-        self.optimizer = build_optimizer(method, cfg.optim)
+        self.optimizer = build_optimizer(method, cfg.optim, exclude=method.outer_parameters())
+        method.attach_optimizer(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         labels = self.data.train.labels

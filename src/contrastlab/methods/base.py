@@ -79,3 +79,12 @@ class Method(nn.Module):
 
     def on_after_optimizer_step(self, progress: float) -> None:
         """Called after every optimiser step (EMA teachers, queues); nothing by default."""
+
+    def outer_parameters(self) -> list[nn.Parameter]:
+        """Parameters the method updates itself (meta-learned ones: augmentation generators, a
+        dimensional mask); the trainer's optimiser leaves them out. None by default."""
+        return []
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once by the trainer with its optimiser, for methods whose virtual steps mimic
+        its next update; nothing by default."""
