@@ -8,6 +8,7 @@ memory is that process's maximum resident set size (data, model, evaluation).
 
     .venv/bin/python benchmarks/methods.py                       # writes benchmarks/results/methods.{json,md}
     .venv/bin/python benchmarks/methods.py --fmnist-epochs 1 --spiro-epochs 2 --only simclr moco
+    .venv/bin/python benchmarks/methods.py --only byol --update   # re-measure rows, keep the others
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--spiro-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="a subset of the variants")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these variants' rows in the existing results (same budget)")
     args = parser.parse_args()
     budgets = {"fashion-mnist": args.fmnist_epochs, "spirograph": args.spiro_epochs}
     rows = {}
@@ -79,6 +82,16 @@ def main() -> None:
     write(rows, budgets, args)
 
 
+def merged(previous: dict, fresh: list[dict], budgets: dict) -> list[dict]:
+    """The stored table with the rows of ``fresh`` put in place of (or after) those variants'."""
+    if previous["env"]["budget_epochs"] != budgets:
+        raise SystemExit(f"--update: the stored table has budget {previous['env']['budget_epochs']}, not {budgets}")
+    by_variant = {e["variant"]: {"command": previous["env"]["command"], **e} for e in previous["rows"]}
+    by_variant.update({e["variant"]: e for e in fresh})
+    order = [v for v in [*VARIANTS, "random init"] if v in by_variant]
+    return [by_variant[v] for v in order]
+
+
 def metrics(results: dict) -> dict:
     """The table's numbers from one column of results.json."""
     out = {}
@@ -90,25 +103,33 @@ def metrics(results: dict) -> dict:
 
 
 def write(rows: dict, budgets: dict, args: argparse.Namespace) -> None:
-    base = rows.get("simclr")
-    table = []
-    for variant, row in rows.items():
-        fm, sp = row["fashion-mnist"], row["spirograph"]
-        entry = {
-            "variant": variant,
-            "images_per_s": fm["images_per_s"],
-            "step_time_vs_simclr": base["fashion-mnist"]["images_per_s"] / fm["images_per_s"] if base else None,
-            "peak_rss_mb": max(fm["peak_rss_mb"], sp["peak_rss_mb"]),
-            **{f"fmnist_{k}": v for k, v in metrics(fm["results"]["trained"]).items()},
-            **{f"spiro_{k}": v for k, v in metrics(sp["results"]["trained"]).items()},
-        }
-        table.append(entry)
-    if base:
-        table.append({"variant": "random init", **{f"fmnist_{k}": v for k, v in metrics(base["fashion-mnist"]["results"]["random_init"]).items()},
-                      **{f"spiro_{k}": v for k, v in metrics(base["spirograph"]["results"]["random_init"]).items()}})
     command = "python benchmarks/methods.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("fmnist_epochs", args.fmnist_epochs),
                                                      ("spiro_epochs", args.spiro_epochs), ("seed", args.seed)))
+    if args.only:
+        command += " --only " + " ".join(f"'{v}'" for v in args.only) + (" --update" if args.update else "")
+    table = []
+    for variant, row in rows.items():
+        fm, sp = row["fashion-mnist"], row["spirograph"]
+        table.append({
+            "variant": variant,
+            "images_per_s": fm["images_per_s"],
+            "peak_rss_mb": max(fm["peak_rss_mb"], sp["peak_rss_mb"]),
+            **{f"fmnist_{k}": v for k, v in metrics(fm["results"]["trained"]).items()},
+            **{f"spiro_{k}": v for k, v in metrics(sp["results"]["trained"]).items()},
+            "command": command,
+        })
+    if "simclr" in rows:
+        base = rows["simclr"]
+        table.append({"variant": "random init", **{f"fmnist_{k}": v for k, v in metrics(base["fashion-mnist"]["results"]["random_init"]).items()},
+                      **{f"spiro_{k}": v for k, v in metrics(base["spirograph"]["results"]["random_init"]).items()},
+                      "command": command})
+    if args.update:
+        table = merged(json.loads((RESULTS / "methods.json").read_text()), table, budgets)
+    simclr_speed = next((e["images_per_s"] for e in table if e["variant"] == "simclr"), None)
+    for entry in table:
+        if entry.get("images_per_s") and simclr_speed:
+            entry["step_time_vs_simclr"] = simclr_speed / entry["images_per_s"]
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "budget_epochs": budgets, "command": command}
     RESULTS.mkdir(exist_ok=True)
@@ -117,9 +138,10 @@ def write(rows: dict, budgets: dict, args: argparse.Namespace) -> None:
     def cell(entry: dict, key: str, fmt: str) -> str:
         return format(entry[key], fmt) if entry.get(key) is not None else "-"
 
+    commands = list(dict.fromkeys(e["command"] for e in table))
     lines = [
         "# Methods at an equal budget (CPU)", "",
-        f"`{command}` — torch {env['torch']}, {env['threads']} threads, {env['machine']}. Backbone: "
+        f"torch {env['torch']}, {env['threads']} threads, {env['machine']}. Backbone: "
         f"convnet, batch 256, channels_last + bf16. Budget: {budgets['fashion-mnist']} epoch(s) of "
         f"Fashion-MNIST (60k images), {budgets['spirograph']} epoch(s) of Spirograph (10k). "
         "Images/s on Fashion-MNIST (source images per second, two views each); peak memory is the "
@@ -133,6 +155,8 @@ def write(rows: dict, budgets: dict, args: argparse.Namespace) -> None:
         lines.append(f"| {e['variant']} | {cell(e, 'images_per_s', '.0f')} | {cell(e, 'step_time_vs_simclr', '.2f')} | "
                      f"{cell(e, 'peak_rss_mb', '.0f')} | {cell(e, 'fmnist_knn', '.2f')} | "
                      f"{cell(e, 'fmnist_linear', '.2f')} | {cell(e, 'spiro_r2', '.3f')} |")
+    lines += ["", "Commands (rows in brackets):"]
+    lines += [f"- `{c}` ({', '.join(e['variant'] for e in table if e['command'] == c)})" for c in commands]
     (RESULTS / "methods.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
