@@ -16,7 +16,13 @@ from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import nt_xent
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import directional_sensitivity, first_rows, lookup, replace
+from contrastlab.methods.invariance import (
+    directional_sensitivity,
+    first_rows,
+    lookup,
+    projected_sensitivity_reverse,
+    replace,
+)
 from contrastlab.methods.invclr import InvCLR, InvCLRConfig
 from contrastlab.models import build_backbone
 
@@ -100,6 +106,39 @@ def test_colour_jitter_penalty_equals_the_reverse_mode_loop_reference():
         grads = torch.autograd.grad((signs[i] * h_i).sum(), list(leaves.values()))
         expected.append(sum(g[i] * delta[p][i] for g, p in zip(grads, paths)) ** 2)
     torch.testing.assert_close(got.detach(), torch.stack(expected), rtol=1e-4, atol=1e-7)
+
+
+def test_reverse_mode_estimator_equals_forward_mode_and_averages_directions():
+    torch.manual_seed(0)
+    encoder = SmoothEncoder().double()
+    views = SpirographViews(SPIRO_NORM)
+    factors, alpha, delta = spirograph_case(n=4, seed=3)
+    other = spirograph_case(n=4, seed=4)[2]
+
+    def encode(values):
+        return encoder(views.apply({"targets": factors}, values))
+
+    def reverse(deltas):
+        return projected_sensitivity_reverse(encode, {"nuisance": alpha}, [{"nuisance": d} for d in deltas],
+                                             generator=torch.Generator().manual_seed(5))
+
+    def forward(d):
+        return directional_sensitivity(encode, {"nuisance": alpha}, {"nuisance": d},
+                                       generator=torch.Generator().manual_seed(5))
+
+    torch.testing.assert_close(reverse([delta]), forward(delta))  # same signs, same quantity
+    torch.testing.assert_close(reverse([delta, other]), (forward(delta) + forward(other)) / 2)
+    (weight_grad,) = torch.autograd.grad(reverse([delta]).sum(), encoder.conv.weight)
+    (reference,) = torch.autograd.grad(forward(delta).sum(), encoder.conv.weight)
+    torch.testing.assert_close(weight_grad, reference)
+
+
+def test_reverse_mode_in_training_and_its_settings():
+    method = make_invclr(gp_weight=0.2, gp_clip=1e6, gp_mode="reverse", gp_draws=100)
+    out = method.training_step(tiny_spiro_step())
+    assert out["gp"] > 0 and torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="gp_mode=reverse needs method.gp_projection=rademacher"):
+        make_invclr(gp_mode="reverse", gp_projection="none")
 
 
 def test_penalty_gradient_wrt_weights_matches_finite_differences():

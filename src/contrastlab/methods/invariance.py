@@ -11,7 +11,7 @@ network's weights (the penalty's backward) flow through the tangent computation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,6 +19,11 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 Projection = Literal["rademacher", "none"]
+
+
+def rademacher(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Random signs (+1/-1) of ``shape``, drawn on the CPU with ``generator``, as ``like``'s dtype/device."""
+    return torch.randint(0, 2, shape, generator=generator).to(like) * 2 - 1
 
 
 def lookup(params: Mapping[str, Any], path: str) -> torch.Tensor:
@@ -87,8 +92,39 @@ def directional_sensitivity(
     if tangent is None:  # the representation does not depend on these parameters at all
         return primal.new_zeros(primal.shape[0])
     if projection == "rademacher":
-        signs = torch.randint(0, 2, tangent.shape, generator=generator).to(tangent) * 2 - 1
-        return (signs * tangent).sum(dim=1).square()
+        return (rademacher(tangent.shape, generator, tangent) * tangent).sum(dim=1).square()
     if projection == "none":
         return tangent.square().sum(dim=1)
     raise ValueError(f"projection must be 'rademacher' or 'none', got {projection!r}")
+
+
+def projected_sensitivity_reverse(
+    encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    alpha: Mapping[str, torch.Tensor],
+    deltas: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The reference code's estimator: ``G_i = d(eps_i . h^_i)/d alpha_i`` by reverse mode (one
+    gradient with ``create_graph``, so the result is differentiable w.r.t. the weights), then
+    ``mean_k (G_i . delta_ik)^2`` over all the directions ``deltas`` at once.
+
+    Equals :func:`directional_sensitivity` with ``projection="rademacher"`` for one direction
+    when the samples do not interact (with BatchNorm in training mode, ``G_i`` also collects the
+    other samples' dependence on ``alpha_i``, as in the reference). Returns ``(B,)``.
+    """
+    leaves = {path: value.detach().clone().requires_grad_(True) for path, value in alpha.items()}
+    h = encode(leaves)
+    if normalize:
+        h = F.normalize(h, dim=1)
+    projected = (rademacher(h.shape, generator, h) * h).sum()
+    grads = torch.autograd.grad(projected, list(leaves.values()), create_graph=True, allow_unused=True)
+    scores = []
+    for delta in deltas:
+        score = h.new_zeros(h.shape[0])
+        for (path, value), grad in zip(leaves.items(), grads):
+            if grad is not None:
+                score = score + (grad * delta[path].to(grad)).reshape(len(score), -1).sum(dim=1)
+        scores.append(score.square())
+    return torch.stack(scores).mean(dim=0)

@@ -10,11 +10,13 @@ random sign vector as in the paper, averaged over samples and ``gp_draws`` draws
 
 Differences from the reference code, both in the paper's intent:
 
-* The derivative is forward-mode (``torch.autograd.forward_ad``), exact, one tangent pass per
-  draw; the reference takes ``G = d(eps . h^)/d alpha`` by reverse mode with ``create_graph``
-  and then scores 100 draws against the one ``G``. Both are unbiased (before clipping) for
-  ``E ||J (alpha' - alpha)||^2``; ``gp_projection: none`` drops ``eps`` and uses that
-  expectation over signs directly.
+* By default the derivative is forward-mode (``torch.autograd.forward_ad``), exact, one tangent
+  pass per draw; the reference takes ``G = d(eps . h^)/d alpha`` by reverse mode with
+  ``create_graph`` and then scores 100 draws against the one ``G`` (``gp_mode: reverse``, also
+  here). Both are unbiased (before clipping) for ``E ||J (alpha' - alpha)||^2``;
+  ``gp_projection: none`` (forward mode) drops ``eps`` and uses that expectation over signs
+  directly. Per pass the two modes cost about the same on CPU
+  (``benchmarks/results/invclr_penalty_modes.md``).
 * The penalty pass is a separate forward of the backbone over the first
   ``ceil(gp_fraction * B)`` samples of view 1, in fp32 (forward-mode AD through convolutions
   fails under CPU autocast in torch 2.13), with BatchNorm on that sub-batch's statistics and
@@ -28,13 +30,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import Projection, directional_sensitivity, first_rows, lookup, replace
+from contrastlab.methods.invariance import (
+    Projection,
+    directional_sensitivity,
+    first_rows,
+    lookup,
+    projected_sensitivity_reverse,
+    replace,
+)
 from contrastlab.methods.simclr import SimCLR, SimCLRConfig
 from contrastlab.models.batchnorm import batch_statistics_only
 
@@ -46,7 +56,9 @@ DEFAULT_PARAMETER_GROUPS = ("jitter", "nuisance")
 class InvCLRConfig(SimCLRConfig):
     gp_weight: float = 0.01  # lambda: 0.01 Spirograph, 0.1 CIFAR (paper README)
     gp_clip: float = 1.0  # c: the penalty estimate is clipped at c (1 CIFAR, 1000 Spirograph)
-    gp_draws: int = 1  # fresh parameter draws (one tangent pass each) per step
+    gp_mode: Literal["forward", "reverse"] = "forward"  # reverse: the reference code's estimator
+    gp_draws: int = 1  # fresh parameter draws per step (forward: one tangent pass each; reverse: all
+    # scored against one gradient, 100 in the paper)
     gp_projection: Projection = "rademacher"  # or none: ||J delta||^2, the expectation over signs
     gp_normalize: bool = True  # differentiate h / ||h|| (the paper) rather than h
     gp_fraction: float = 1.0  # share of view 1's samples the penalty is estimated on
@@ -71,6 +83,9 @@ class InvCLR(SimCLR):
         for field, ok in checks.items():
             if not ok:
                 raise ValueError(f"method.{field} must be {expected[field]}, got {getattr(cfg, field)}")
+        if cfg.gp_mode == "reverse" and cfg.gp_projection != "rademacher":
+            raise ValueError("method.gp_mode=reverse needs method.gp_projection=rademacher (it differentiates "
+                             f"one random projection), got {cfg.gp_projection!r}")
 
     def regularised_parameters(self, pipeline: object) -> tuple[str, ...]:
         """The params paths of ``pipeline`` that the penalty differentiates."""
@@ -107,16 +122,20 @@ class InvCLR(SimCLR):
             view = pipeline.apply(batch, replace(params, values))
             return self.backbone(view.contiguous(memory_format=memory_format))
 
-        estimates = []
+        deltas = []
+        for _ in range(self.cfg.gp_draws):
+            fresh = pipeline.sample(batch, step.generator)
+            deltas.append({path: lookup(fresh, path).to(x1.device) - alpha[path] for path in paths})
         with torch.autocast(x1.device.type, enabled=False), batch_statistics_only(self.backbone):
-            for _ in range(self.cfg.gp_draws):
-                fresh = pipeline.sample(batch, step.generator)
-                delta = {path: lookup(fresh, path).to(x1.device) - alpha[path] for path in paths}
-                estimates.append(directional_sensitivity(
-                    encode, alpha, delta, normalize=self.cfg.gp_normalize,
-                    projection=self.cfg.gp_projection, generator=step.generator,
-                ).mean())
-        return torch.stack(estimates).mean()
+            if self.cfg.gp_mode == "reverse":
+                return projected_sensitivity_reverse(
+                    encode, alpha, deltas, normalize=self.cfg.gp_normalize, generator=step.generator
+                ).mean()
+            return torch.stack([
+                directional_sensitivity(encode, alpha, delta, normalize=self.cfg.gp_normalize,
+                                        projection=self.cfg.gp_projection, generator=step.generator).mean()
+                for delta in deltas
+            ]).mean()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         out = super().training_step(step)
