@@ -16,11 +16,9 @@ a plain forward + backward of the same batch. Median of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +27,7 @@ from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
 from contrastlab.methods.invariance import directional_sensitivity
 from contrastlab.models import build_backbone
-
-RESULTS = Path(__file__).parent / "results"
+from report import write_results
 
 
 def timed(fn, repeats: int) -> float:
@@ -95,11 +92,7 @@ def main() -> None:
               f"{r['reverse_mode']:.3f} | {r['reverse_mode'] / r['plain']:.1f} |" for r in rows]
     print("\n".join(lines))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-               "command": command}
-        (RESULTS / f"{args.out}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
-        (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+        write_results(args.out, rows, lines, command)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ alike, and the per-step time is the median over all timed steps. A variant is
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -26,8 +25,7 @@ import torch
 from contrastlab.config import load_config
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
-
-RESULTS = Path(__file__).parent / "results"
+from report import write_results
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -92,11 +90,7 @@ def main() -> None:
               f"{r['images_per_s']:.0f} | {r['ratio']:.2f} |" for r in rows]
     print("\n".join(lines))
     if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-               "command": command}
-        (RESULTS / f"{args.out}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
-        (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+        write_results(args.out, rows, lines, command)
 
 
 if __name__ == "__main__":
