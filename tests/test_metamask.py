@@ -4,6 +4,7 @@ unrolled objective (float64, smooth backbone), the virtual step against the real
 meta interval, BatchNorm running statistics, and config validation."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -267,3 +268,15 @@ def test_invalid_settings_name_the_field(field, value):
 def test_meta_step_needs_the_trainers_optimizer():
     with pytest.raises(RuntimeError, match="attach_optimizer"):
         make_method().training_step(StepInput(make_views()))
+
+
+def test_training_logs_mask_values_and_diagnostics_to_jsonl_not_csv(tmp_path):
+    trainer = Trainer(tiny_config("train.epochs=1", *METHOD_OVERRIDES["metamask"]), tmp_path, init_distributed("cpu"))
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "mask_values" in r]
+    assert logged and all(len(r["mask_values"]) == trainer.method.backbone.out_dim for r in logged)
+    assert logged[-1]["mask_values"] == pytest.approx(trainer.method.mask().tolist())
+    assert all(0 < r["effective_rank"] <= len(r["mask_values"]) for r in logged)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "effective_rank" in header and "mask_values" not in header

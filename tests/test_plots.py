@@ -64,3 +64,17 @@ def test_malformed_metrics_line_names_the_file_and_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
         read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_metamask_diagnostics_are_plotted(tmp_path):
+    records = [{"step": s, "loss": 1.0 / s, "effective_rank": 5.0 + s, "bt_off_diagonal": 0.1 / s,
+                "mask_values": [0.5 + 0.01 * s * d for d in range(6)]} for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = plot_run(tmp_path)
+    assert sorted(p.name for p in written) == ["bt_off_diagonal.png", "effective_rank.png", "loss.png", "mask.png"]
+    for path in written:
+        assert_png(path)
+    records.append({"step": 6, "mask_values": [0.5] * 5})  # a different dimension count
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match="mask_values records have different lengths"):
+        plot_run(tmp_path)

@@ -40,12 +40,13 @@ class MetricsLogger:
                     self.tensorboard.add_scalar(key, value, record.get("step", 0))
 
     def flush(self) -> None:
-        """Rewrite ``metrics.csv`` with the union of all keys seen (cheap: one row per log)."""
+        """Rewrite ``metrics.csv`` with the union of all scalar keys seen (cheap: one row per
+        log); list values (per-dimension diagnostics) stay in ``metrics.jsonl`` only."""
         if not self.enabled or not self.records:
             return
-        keys = list(dict.fromkeys(k for r in self.records for k in r))
+        keys = list(dict.fromkeys(k for r in self.records for k, v in r.items() if not isinstance(v, list)))
         with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.records)
         if self.tensorboard is not None:

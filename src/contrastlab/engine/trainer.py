@@ -179,8 +179,12 @@ class Trainer:
 
         result = {"loss": all_reduce_mean(loss.detach()), "extra": {}}
         for key, value in out.items():
-            if key not in ("loss", "features") and torch.is_tensor(value) and value.numel() == 1:
+            if key in ("loss", "features") or not torch.is_tensor(value):
+                continue
+            if value.numel() == 1:
                 result["extra"][key] = value.item()
+            elif value.dim() == 1:  # per-dimension diagnostics (MetaMask's mask): metrics.jsonl only
+                result["extra"][key] = value.detach().float().cpu().tolist()
         if self.probe is not None:
             result["probe_correct"] = self._probe_step(out["features"], batch["labels"])
         return result

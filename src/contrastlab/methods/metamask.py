@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from contrastlab.config import MethodConfig
 from contrastlab.engine.distributed import rank_and_world
+from contrastlab.eval.diagnostics import effective_rank
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
@@ -271,5 +272,6 @@ class MetaMask(Method):
             out["mask_grad_norm"] = result.outer_grads[0].norm()
         with torch.no_grad():
             mask = self.mask()
-            out.update(mask_mean=mask.mean(), mask_min=mask.min(), mask_max=mask.max())
+            out.update(mask_mean=mask.mean(), mask_min=mask.min(), mask_max=mask.max(), mask_values=mask.clone(),
+                       effective_rank=torch.tensor(effective_rank(out["features"].float())))
         return out

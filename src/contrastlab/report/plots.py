@@ -16,6 +16,13 @@ from matplotlib.figure import Figure
 from contrastlab.eval.diagnostics import pca_projection, singular_values
 
 MAX_LEGEND_CLASSES = 20
+# Scalar metrics drawn against the step when a run logged them: (key in metrics.jsonl, label).
+CURVES = (
+    ("loss", "training loss"),
+    ("online_acc", "online probe accuracy (%)"),
+    ("effective_rank", "effective rank of the batch representation"),
+    ("bt_off_diagonal", "mean squared off-diagonal cross-correlation"),
+)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -46,8 +53,11 @@ def plot_run(
 ) -> list[Path]:
     """Write the plots the inputs allow into ``run_dir`` and return their paths.
 
-    - ``loss.png`` (and ``online_acc.png``) against ``step`` from ``run_dir/metrics.jsonl``,
-      skipped when the file is missing or has no such records;
+    - ``loss.png`` (and ``online_acc.png``, ``effective_rank.png``, ``bt_off_diagonal.png``)
+      against ``step`` from ``run_dir/metrics.jsonl``, skipped when the file is missing or has
+      no such records;
+    - ``mask.png``: the per-dimension ``mask_values`` records (MetaMask) as a heat map of
+      dimension x step;
     - ``spectrum.png``: ``results["diagnostics"]["singular_values"]``, else the spectrum of
       ``embeddings``;
     - ``embedding.png``: ``embeddings``: ``(N, D)`` projected on their top two principal axes,
@@ -56,10 +66,13 @@ def plot_run(
     run_dir = Path(run_dir)
     written = []
     records = read_metrics(run_dir / "metrics.jsonl")
-    for key, label in (("loss", "training loss"), ("online_acc", "online probe accuracy (%)")):
+    for key, label in CURVES:
         points = [(r["step"], r[key]) for r in records if "step" in r and isinstance(r.get(key), (int, float))]
         if points:
             written.append(_save_curve(run_dir / f"{key}.png", points, label))
+    masks = [(r["step"], r["mask_values"]) for r in records if "step" in r and isinstance(r.get("mask_values"), list)]
+    if masks:
+        written.append(_save_mask(run_dir / "mask.png", masks))
     spectrum = (results or {}).get("diagnostics", {}).get("singular_values")
     if spectrum is None and embeddings is not None:
         spectrum = singular_values(embeddings).tolist()
@@ -83,6 +96,21 @@ def _save_curve(path: Path, points: list[tuple[float, float]], label: str) -> Pa
     axes.plot(steps, values)
     axes.set(xlabel="step", ylabel=label, title=label)
     axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _save_mask(path: Path, masks: list[tuple[float, list[float]]]) -> Path:
+    """Heat map of the mask values: one column per logged step, one row per dimension."""
+    steps, values = zip(*masks)
+    if len({len(v) for v in values}) != 1:
+        raise ValueError(f"{path.name}: mask_values records have different lengths {sorted({len(v) for v in values})}")
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    image = axes.imshow(torch.tensor(values).T.numpy(), aspect="auto", interpolation="nearest", cmap="viridis",
+                        extent=(steps[0], steps[-1], len(values[0]) - 0.5, -0.5))
+    figure.colorbar(image, ax=axes, label="mask value")
+    axes.set(xlabel="step", ylabel="dimension", title="dimensional mask over training")
     figure.savefig(path, dpi=120)
     return path
 
