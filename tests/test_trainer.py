@@ -41,6 +41,7 @@ METHOD_OVERRIDES = {
     "barlow_twins": ["method.name=barlow_twins", "method.proj_layers=2"],
     "invclr": ["method.name=invclr", "augment.preset=simclr-cifar", "method.gp_weight=0.5"],
     "metamask": ["method.name=metamask", "method.cl_hidden_dim=32", "method.cl_out_dim=16", "method.mask_lr=0.05"],
+    "metaug": ["method.name=metaug", "method.gen_hidden_dim=32"],
 }
 
 

@@ -281,3 +281,11 @@ def _mixed_derivative_along(
         shifted = {**theta, **{name: theta[name] + sign * radius * x for name, x in v.items()}}
         at.append(_grads_or_zeros(_check_scalar(inner_loss(shifted), "inner_loss"), outer_params))
     return [(plus - minus) / (2 * radius) for plus, minus in zip(*at)]
+
+
+def surrogate_loss(loss: Tensor, params: Params, grads: Params) -> Tensor:
+    """A scalar equal to ``loss`` whose gradient w.r.t. each ``params[name]`` is
+    ``grads[name]`` (detached; names with a ``None`` gradient get none): a backward pass through
+    it hands the trainer an already computed gradient without recomputing it."""
+    linear = sum((params[name] * g.detach()).sum() for name, g in grads.items() if g is not None)
+    return loss.detach() + (linear - linear.detach())

@@ -54,7 +54,14 @@ from contrastlab.eval.diagnostics import effective_rank
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import Params, SGDStep, functional_forward, inner_gradients, meta_gradient
+from contrastlab.methods.meta import (
+    Params,
+    SGDStep,
+    functional_forward,
+    inner_gradients,
+    meta_gradient,
+    surrogate_loss,
+)
 from contrastlab.models.heads import MLPHead
 
 MaskActivation = Literal["sigmoid", "none"]
@@ -126,14 +133,6 @@ def off_diagonal_mass(z1: Tensor, z2: Tensor) -> Tensor:
         c = cross_correlation(z1, z2)
         off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
         return off / max(1, c.shape[0] * (c.shape[0] - 1))
-
-
-def surrogate_loss(loss: Tensor, params: Params, grads: Params) -> Tensor:
-    """A scalar equal to ``loss`` whose gradient w.r.t. each ``params[name]`` is
-    ``grads[name]`` (detached; names with a ``None`` gradient get none): a backward pass through
-    it hands the trainer an already computed gradient without recomputing it."""
-    linear = sum((params[name] * g.detach()).sum() for name, g in grads.items() if g is not None)
-    return loss.detach() + (linear - linear.detach())
 
 
 @METHODS.register(
