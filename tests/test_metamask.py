@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from contrastlab.config import OptimConfig
 from contrastlab.engine.distributed import init_distributed
@@ -18,24 +17,12 @@ from contrastlab.losses import barlow_twins_loss, nt_xent
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.meta import SGDStep
 from contrastlab.methods.metamask import MetaMask, MetaMaskConfig
+from smooth import DIM, IN, TanhBackbone
 from test_trainer import METHOD_OVERRIDES, tiny_config
 
-BATCH, IN, DIM = 8, 3, 4
+BATCH = 8
 LR = 0.5  # large, so the second-order term is a sizeable part of the meta-gradient
 EPS = 1e-6
-
-
-class TanhBackbone(nn.Module):
-    """``(B, IN) -> (B, DIM)``, smooth (finite differences need no kinks)."""
-
-    out_dim = DIM
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(IN, 6), nn.Tanh(), nn.Linear(6, DIM))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def make_method(**fields) -> MetaMask:

@@ -19,24 +19,12 @@ from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.metaug import MetAug, MetAugConfig, pair_scores
+from smooth import IN, TanhBackbone
 from test_trainer import METHOD_OVERRIDES, tiny_config
 
-BATCH, IN, DIM = 6, 3, 4
+BATCH = 6
 INNER_LR = 0.5  # large, so the second-order term is a sizeable part of the meta-gradient
 EPS = 1e-6
-
-
-class TanhBackbone(nn.Module):
-    """``(B, IN) -> (B, DIM)``, smooth (finite differences need no kinks)."""
-
-    out_dim = DIM
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(IN, 6), nn.Tanh(), nn.Linear(6, DIM))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def make_method(**fields) -> MetAug:
