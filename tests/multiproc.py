@@ -6,6 +6,7 @@ import datetime
 import multiprocessing
 import os
 import socket
+import sys
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,12 @@ def _entry(rank: int, world: int, port: int, out_dir: str, body: Callable[[DistE
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
+    # With all work done and the group destroyed, leave without the interpreter's teardown: a
+    # gloo background thread can still be joinable there, and its destructor aborts the process
+    # ("terminate called without an active exception"), seen once in a while on CI.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(body: Callable[[DistEnv], dict], out_dir: Path, world: int = 2) -> list[dict]:
