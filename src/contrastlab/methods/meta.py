@@ -289,3 +289,33 @@ def surrogate_loss(loss: Tensor, params: Params, grads: Params) -> Tensor:
     it hands the trainer an already computed gradient without recomputing it."""
     linear = sum((params[name] * g.detach()).sum() for name, g in grads.items() if g is not None)
     return loss.detach() + (linear - linear.detach())
+
+
+def encoder_parameters(module: nn.Module, parts: Sequence[str]) -> dict[str, nn.Parameter]:
+    """``theta`` of a meta-learning method: the parameters of ``module``'s submodules ``parts``
+    that require grad, by name as in ``module.named_parameters()``."""
+    return {name: p for name, p in module.named_parameters() if p.requires_grad and name.split(".")[0] in parts}
+
+
+def momentum_buffers(optimizer: torch.optim.SGD, params: Sequence[Tensor]) -> Tensor:
+    """The SGD momentum buffers of ``params``, flattened and concatenated in order; empty before
+    the optimiser's first step. One tensor, so a module can return it as its extra state and its
+    state dict stays a mapping of tensors."""
+    buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    if any(b is None for b in buffers):
+        return torch.empty(0)
+    return torch.cat([b.detach().flatten() for b in buffers])
+
+
+def restore_momentum_buffers(optimizer: torch.optim.SGD, params: Sequence[Tensor], state: Tensor, owner: str) -> None:
+    """Inverse of :func:`momentum_buffers`: ``ValueError`` naming ``owner`` unless ``state`` has
+    one value per parameter entry (or none: no buffers yet)."""
+    params = list(params)
+    expected = sum(p.numel() for p in params)
+    if state.numel() not in (0, expected):
+        raise ValueError(f"{owner}'s momentum buffers in the state dict have {state.numel()} values, "
+                         f"expected {expected} (or none)")
+    optimizer.state.clear()
+    if state.numel():
+        for p, buffer in zip(params, state.to(params[0]).split([p.numel() for p in params])):
+            optimizer.state[p]["momentum_buffer"] = buffer.view_as(p).clone()

@@ -57,9 +57,12 @@ from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.meta import (
     Params,
     SGDStep,
+    encoder_parameters,
     functional_forward,
     inner_gradients,
     meta_gradient,
+    momentum_buffers,
+    restore_momentum_buffers,
     surrogate_loss,
 )
 from contrastlab.models.heads import MLPHead
@@ -166,18 +169,11 @@ class MetaMask(Method):
         self.encoder_optimizer = optimizer
 
     def get_extra_state(self) -> Tensor:
-        """The mask optimiser's momentum buffer ``(D,)``, empty before its first step (a tensor,
-        so the state dict stays a mapping of tensors)."""
-        buffer = self.mask_optimizer.state.get(self.mask_parameter, {}).get("momentum_buffer")
-        return torch.empty(0) if buffer is None else buffer.detach().clone()
+        """The mask optimiser's momentum buffer ``(D,)`` (empty before its first step)."""
+        return momentum_buffers(self.mask_optimizer, [self.mask_parameter])
 
     def set_extra_state(self, state: Tensor) -> None:
-        if state.numel() and state.shape != self.mask_parameter.shape:
-            raise ValueError(f"the mask's momentum buffer in the state dict has shape {tuple(state.shape)}, "
-                             f"expected {tuple(self.mask_parameter.shape)}")
-        self.mask_optimizer.state.clear()
-        if state.numel():
-            self.mask_optimizer.state[self.mask_parameter]["momentum_buffer"] = state.to(self.mask_parameter).clone()
+        restore_momentum_buffers(self.mask_optimizer, [self.mask_parameter], state, "the mask")
 
     # ------------------------------------------------------------------ the network
     def mask(self) -> Tensor:
@@ -187,10 +183,8 @@ class MetaMask(Method):
         return self.mask_parameter
 
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
-        """``theta``: the backbone's and both heads' parameters that require grad, by name as in
-        ``self.named_parameters()``."""
-        return {name: p for name, p in self.named_parameters()
-                if p.requires_grad and name.split(".")[0] in ENCODER_PARTS}
+        """``theta``: the backbone's and both heads' parameters that require grad."""
+        return encoder_parameters(self, ENCODER_PARTS)
 
     def _part(self, part: str, theta: Params | None, x: Tensor) -> Tensor:
         """``getattr(self, part)(x)``, at the weights of ``theta`` (functional: BatchNorm on batch

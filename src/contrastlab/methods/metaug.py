@@ -52,7 +52,16 @@ from contrastlab.engine.distributed import rank_and_world
 from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import Params, functional_forward, inner_gradients, meta_gradient, surrogate_loss
+from contrastlab.methods.meta import (
+    Params,
+    encoder_parameters,
+    functional_forward,
+    inner_gradients,
+    meta_gradient,
+    momentum_buffers,
+    restore_momentum_buffers,
+    surrogate_loss,
+)
 from contrastlab.models.heads import MLPHead
 
 MetAugOrder = Literal["second", "first", "none"]
@@ -162,31 +171,17 @@ class MetAug(Method):
         return list(self.generators.parameters())
 
     def get_extra_state(self) -> Tensor:
-        """The generators' SGD momentum buffers, flattened and concatenated in parameter order;
-        empty before their first step (a tensor, so the state dict stays a mapping of tensors)."""
-        state = self.generator_optimizer.state
-        buffers = [state.get(p, {}).get("momentum_buffer") for p in self.outer_parameters()]
-        if any(b is None for b in buffers):
-            return torch.empty(0)
-        return torch.cat([b.detach().flatten() for b in buffers])
+        """The generators' SGD momentum buffers, flattened in parameter order (empty before their
+        first step)."""
+        return momentum_buffers(self.generator_optimizer, self.outer_parameters())
 
     def set_extra_state(self, state: Tensor) -> None:
-        params = self.outer_parameters()
-        expected = sum(p.numel() for p in params)
-        if state.numel() not in (0, expected):
-            raise ValueError(f"the generators' momentum buffers in the state dict have {state.numel()} values, "
-                             f"expected {expected} (or none)")
-        self.generator_optimizer.state.clear()
-        if state.numel():
-            for p, buffer in zip(params, state.to(params[0]).split([p.numel() for p in params])):
-                self.generator_optimizer.state[p]["momentum_buffer"] = buffer.view_as(p).clone()
+        restore_momentum_buffers(self.generator_optimizer, self.outer_parameters(), state, "the generators")
 
     # ------------------------------------------------------------------ the network
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
-        """``theta``: backbone and projector parameters that require grad, by name as in
-        ``self.named_parameters()``."""
-        return {name: p for name, p in self.named_parameters()
-                if p.requires_grad and name.split(".")[0] in ENCODER_PARTS}
+        """``theta``: backbone and projector parameters that require grad."""
+        return encoder_parameters(self, ENCODER_PARTS)
 
     def generator_parameters(self, detach: bool = False) -> dict[str, Tensor]:
         """``omega`` by name as in ``self.named_parameters()``, optionally detached."""
