@@ -25,20 +25,22 @@ from contrastlab.methods.invariance import (
 )
 from contrastlab.methods.invclr import InvCLR, InvCLRConfig
 from contrastlab.models import build_backbone
+from contrastlab.models.batchnorm import batch_statistics_only
 
 SPIRO_NORM = Normalize([0.3, 0.3, 0.3], [0.25, 0.25, 0.25])
 
 
 class SmoothEncoder(nn.Module):
-    """Conv -> tanh -> linear: smooth, so finite differences converge; no batch coupling."""
+    """Conv -> (BatchNorm) -> tanh -> linear: smooth, so finite differences converge."""
 
-    def __init__(self, channels: int = 3, side: int = 32, dim: int = 5) -> None:
+    def __init__(self, channels: int = 3, side: int = 32, dim: int = 5, batchnorm: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, 4, 3, stride=2)
+        self.norm = nn.BatchNorm2d(4) if batchnorm else nn.Identity()
         self.head = nn.Linear(4 * ((side - 3) // 2 + 1) ** 2, dim)
 
     def forward(self, x):
-        return self.head(torch.tanh(self.conv(x)).flatten(1))
+        return self.head(torch.tanh(self.norm(self.conv(x))).flatten(1))
 
 
 def spirograph_case(n=4, seed=0):
@@ -141,17 +143,21 @@ def test_reverse_mode_in_training_and_its_settings():
         make_invclr(gp_mode="reverse", gp_projection="none")
 
 
-def test_penalty_gradient_wrt_weights_matches_finite_differences():
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_penalty_gradient_wrt_weights_matches_finite_differences(batchnorm):
+    """With BatchNorm after the conv, the tangent is back-propagated through the composite
+    BatchNorm the penalty pass uses (torch 2.13's native one gets this gradient wrong)."""
     torch.manual_seed(0)
-    encoder = SmoothEncoder().double()
+    encoder = SmoothEncoder(batchnorm=batchnorm).double().train()
     views = SpirographViews(SPIRO_NORM)
     factors, alpha, delta = spirograph_case(n=3, seed=2)
 
     def penalty():
-        return directional_sensitivity(
-            lambda v: encoder(views.apply({"targets": factors}, v)), {"nuisance": alpha}, {"nuisance": delta},
-            projection="none",
-        ).mean()
+        with batch_statistics_only(encoder, composite=True):
+            return directional_sensitivity(
+                lambda v: encoder(views.apply({"targets": factors}, v)), {"nuisance": alpha}, {"nuisance": delta},
+                projection="none",
+            ).mean()
 
     weight = encoder.conv.weight
     (grad,) = torch.autograd.grad(penalty(), weight)
@@ -280,3 +286,15 @@ def test_penalty_changes_training_and_is_logged_under_default_cpu_settings(tmp_p
     records = [json.loads(line) for line in (tmp_path / "invclr" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["gp"] > 0 and r["gp_clipped"] == 0 for r in records if "loss" in r)
     assert invclr[0] > simclr[0] and invclr != simclr
+
+
+def test_penalty_pass_computes_batchnorm_with_the_composite_formula(monkeypatch):
+    import contrastlab.models.batchnorm as batchnorm
+
+    calls = []
+    native = batchnorm.composite_batch_norm
+    monkeypatch.setattr(batchnorm, "composite_batch_norm", lambda layer, x: calls.append(layer) or native(layer, x))
+    method = make_invclr(gp_weight=1.0)
+    method.gradient_penalty(tiny_spiro_step(n=8))
+    layers = [m for m in method.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert layers and set(map(id, calls)) == set(map(id, layers))

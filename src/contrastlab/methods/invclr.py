@@ -126,7 +126,7 @@ class InvCLR(SimCLR):
         for _ in range(self.cfg.gp_draws):
             fresh = pipeline.sample(batch, step.generator)
             deltas.append({path: lookup(fresh, path).to(x1.device) - alpha[path] for path in paths})
-        with torch.autocast(x1.device.type, enabled=False), batch_statistics_only(self.backbone):
+        with torch.autocast(x1.device.type, enabled=False), batch_statistics_only(self.backbone, composite=True):
             if self.cfg.gp_mode == "reverse":
                 return projected_sensitivity_reverse(
                     encode, alpha, deltas, normalize=self.cfg.gp_normalize, generator=step.generator
