@@ -317,3 +317,41 @@ def test_barlow_twins_rejects_bad_shapes_and_single_samples():
         barlow_twins_loss(torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(ValueError, match="needs >= 2 samples"):
         barlow_twins_loss(torch.randn(1, 3), torch.randn(1, 3))
+
+
+# --- log-sum-exp usable through forward mode -------------------------------------------------
+
+
+def test_composite_logsumexp_matches_torch_in_value_and_gradient():
+    from contrastlab.losses.logsumexp import log_softmax, logsumexp
+
+    torch.manual_seed(0)
+    x = (30 * torch.randn(5, 7, dtype=torch.float64)).requires_grad_()
+    def masked():
+        return x.masked_fill(torch.eye(5, 7, dtype=torch.bool), float("-inf"))
+
+    torch.testing.assert_close(logsumexp(masked(), 1), torch.logsumexp(masked(), 1))
+    torch.testing.assert_close(log_softmax(masked(), 0), torch.log_softmax(masked(), 0))
+    weights = torch.randn(5, dtype=torch.float64)
+    ours = torch.autograd.grad((logsumexp(masked(), 1) * weights).sum(), x)[0]
+    theirs = torch.autograd.grad((torch.logsumexp(masked(), 1) * weights).sum(), x)[0]
+    torch.testing.assert_close(ours, theirs)
+    assert logsumexp(torch.full((2, 3), float("-inf")), 1).eq(float("-inf")).all()
+
+
+def test_composite_logsumexp_tangent_can_be_back_propagated():
+    """Reverse over forward (what the meta core's jvp mode does) equals the Hessian-vector
+    product by double backward."""
+    import torch.autograd.forward_ad as fwAD
+
+    from contrastlab.losses.logsumexp import logsumexp
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    direction = torch.randn(4, 6, dtype=torch.float64)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(logsumexp(fwAD.make_dual(x, direction), 1).pow(2).sum()).tangent
+    got = torch.autograd.grad(tangent, x)[0]
+    grad = torch.autograd.grad(logsumexp(x, 1).pow(2).sum(), x, create_graph=True)[0]
+    expected = torch.autograd.grad((grad * direction).sum(), x)[0]
+    torch.testing.assert_close(got, expected)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastlab.losses.logsumexp import log_softmax
 from contrastlab.methods.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
 
 BATCH, IN, HIDDEN, DIM = 8, 3, 6, 4
@@ -38,16 +39,20 @@ def views(h, outer):
     return masked, torch.tanh(masked @ w1.T + b1) @ w2.T + b2
 
 
+def cross_entropy_on_diagonal(logits):
+    """Cross-entropy with the diagonal as targets, differentiable through forward mode."""
+    return -log_softmax(logits, dim=1).diagonal().mean()
+
+
 def inner_objective(h, outer):
     masked, augmented = views(h, outer)
-    logits = F.normalize(masked, dim=1) @ F.normalize(augmented, dim=1).T / 0.5
-    return F.cross_entropy(logits, torch.arange(len(h)))
+    return cross_entropy_on_diagonal(F.normalize(masked, dim=1) @ F.normalize(augmented, dim=1).T / 0.5)
 
 
 def outer_objective(h, outer):
     masked, augmented = views(h, outer)
     logits = F.normalize(augmented, dim=1) @ F.normalize(masked, dim=1).T / 0.2
-    return F.cross_entropy(logits, torch.arange(len(h))) + 0.1 * masked.pow(2).mean()
+    return cross_entropy_on_diagonal(logits) + 0.1 * masked.pow(2).mean()
 
 
 @dataclass
@@ -235,10 +240,46 @@ def test_sgd_step_like_rejects_what_it_cannot_mimic(optimizer, match):
 
 
 @pytest.mark.parametrize("case_name", CASES)
-def test_second_order_equals_finite_differences_of_the_unrolled_objective(case_name):
+@pytest.mark.parametrize("second_order", ["jvp", "unrolled"])
+def test_second_order_equals_finite_differences_of_the_unrolled_objective(case_name, second_order):
     case = make_case(*CASES[case_name])
-    got = case.meta("second").outer_grads
-    assert_all_close(got, unrolled_objective_fd(case), rtol=1e-5, atol=1e-9)
+    got = case.meta("second", second_order=second_order).outer_grads
+    assert_all_close(got, unrolled_objective_fd(case), rtol=1e-5, atol=5e-9)
+
+
+@pytest.mark.parametrize("case_name", CASES)
+def test_forward_mode_and_unrolled_second_order_agree(case_name):
+    case = make_case(*CASES[case_name])
+    jvp, unrolled = (case.meta("second", second_order=mode).outer_grads for mode in ("jvp", "unrolled"))
+    assert_all_close(jvp, unrolled, rtol=1e-10, atol=1e-14)
+
+
+def test_forward_mode_second_order_under_autocast_runs_in_the_autocast_dtype():
+    """bf16 autocast (CPU): the jvp pass casts the weights, and the meta-gradient stays within
+    bf16 error of the fp32 one."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(8, DIM))
+    x = torch.randn(16, 3, 8, 8)
+    outer = [(0.7 * torch.randn(s)).requires_grad_() for s in [(DIM,), (DIM, DIM), (DIM,), (DIM, DIM), (DIM,)]]
+    theta = dict(encoder.named_parameters())
+    dtypes = []
+
+    def inner(params):
+        h = functional_forward(encoder, params, x)
+        dtypes.append(h.dtype)
+        return inner_objective(h.float(), outer)
+
+    def outer_loss(params):
+        return outer_objective(functional_forward(encoder, params, x).float(), outer)
+
+    reference = meta_gradient(outer, theta, inner, outer_loss, LR, second_order="unrolled").outer_grads
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes.clear()
+        got = meta_gradient(outer, theta, inner, outer_loss, LR).outer_grads
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # the real-step loss, then the jvp pass
+    assert relative_difference(got, reference) < 0.05
+    assert relative_difference(got, meta_gradient(outer, theta, inner, outer_loss, LR, order="first").outer_grads) > 0
 
 
 @pytest.mark.parametrize("case_name", ["plain", "batchnorm+momentum+wd"])
@@ -269,13 +310,14 @@ def test_finite_difference_order_approximates_second_order(case_name, same_loss)
 # --- bookkeeping: nothing touched, one gradient shared --------------------------------------
 
 
-@pytest.mark.parametrize("order", ["second", "first", "finite_difference"])
-def test_meta_gradient_leaves_module_optimizer_and_grads_untouched(order):
+@pytest.mark.parametrize("order, second_order", [("second", "jvp"), ("second", "unrolled"), ("first", "jvp"),
+                                                 ("finite_difference", "jvp")])
+def test_meta_gradient_leaves_module_optimizer_and_grads_untouched(order, second_order):
     case = make_case(*CASES["batchnorm+momentum+wd"])
     params = {name: p.detach().clone() for name, p in case.encoder.named_parameters()}
     buffers = {name: b.clone() for name, b in case.encoder.named_buffers()}
     state = str(case.optimizer.state_dict())
-    result = case.meta(order)
+    result = case.meta(order, second_order=second_order)
     for name, p in case.encoder.named_parameters():
         assert torch.equal(p, params[name]) and p.grad is None, name
     for name, b in case.encoder.named_buffers():
@@ -293,18 +335,20 @@ def test_one_inner_gradient_serves_the_real_step_and_the_virtual_step():
     step = SGDStep.like(case.optimizer, theta)
     grads = inner_gradients(inner(theta), theta, create_graph=True)  # one forward, one gradient
 
-    shared = meta_gradient(case.outer, theta, inner, outer, step, inner_grads=grads)
-    assert_all_close(shared.outer_grads, case.meta("second").outer_grads, rtol=1e-12, atol=0)
+    shared = meta_gradient(case.outer, theta, inner, outer, step, second_order="unrolled", inner_grads=grads)
+    assert_all_close(shared.outer_grads, case.meta("second", second_order="unrolled").outer_grads, rtol=1e-12, atol=0)
+    detached = {name: g.detach() for name, g in grads.items()}
+    forward_mode = meta_gradient(case.outer, theta, inner, outer, step, inner_grads=detached)  # needs no graph
+    assert_all_close(forward_mode.outer_grads, shared.outer_grads, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="create_graph=True"):
+        meta_gradient(case.outer, theta, inner, outer, step, second_order="unrolled", inner_grads=detached)
+
     expected_stepped = step.virtual_step(theta, shared.inner_grads)
     for name, p in theta.items():  # the real step, from the same gradient, after the meta-gradient
         p.grad = shared.inner_grads[name]
     case.optimizer.step()
     for name, p in theta.items():
         torch.testing.assert_close(p.detach(), expected_stepped[name].detach(), rtol=1e-13, atol=1e-15)
-
-    detached = {name: g.detach() for name, g in grads.items()}
-    with pytest.raises(ValueError, match="create_graph=True"):
-        meta_gradient(case.outer, theta, inner, outer, step, inner_grads=detached)
 
 
 def test_a_learning_rate_means_a_plain_gradient_step():
@@ -316,6 +360,7 @@ def test_a_learning_rate_means_a_plain_gradient_step():
 
 @pytest.mark.parametrize("change, match", [
     (dict(order="third"), "order must be one of"),
+    (dict(second_order="reverse"), "second_order must be one of"),
     (dict(step=0.0), "lr must be > 0"),
     (dict(outer_params=[]), "outer_params is empty"),
     (dict(outer_params=[torch.zeros(2)]), "outer_params at positions \\[0\\]"),

@@ -105,9 +105,10 @@ def test_mask_starts_uniform_and_the_trainer_optimizer_leaves_it_out(activation,
     assert len(held) == sum(1 for _ in method.parameters()) - 1
 
 
-@pytest.mark.parametrize("order", ["second", "first", "finite_difference", "none"])
-def test_surrogate_loss_hands_the_trainer_autograds_gradient_and_none_to_the_mask(order):
-    method = make_method(meta_order=order)
+@pytest.mark.parametrize("order, second_order", [("second", "jvp"), ("second", "unrolled"), ("first", "jvp"),
+                                                 ("finite_difference", "jvp"), ("none", "jvp")])
+def test_surrogate_loss_hands_the_trainer_autograds_gradient_and_none_to_the_mask(order, second_order):
+    method = make_method(meta_order=order, second_order=second_order)
     optimizer = plain_sgd(method)
     method.attach_optimizer(optimizer)
     reference = copy.deepcopy(method)
@@ -164,7 +165,9 @@ def test_meta_gradient_orders_against_finite_differences_of_the_unrolled_objecti
     expected = unrolled_gradient_fd(make_method(), views)
     grads = {order: meta_gradient_of_one_step(make_method(meta_order=order, fd_radius=1e-3, **plain_mask_step), views)
              for order in ("second", "finite_difference", "first")}
+    unrolled = meta_gradient_of_one_step(make_method(second_order="unrolled", **plain_mask_step), views)
     torch.testing.assert_close(grads["second"], expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(unrolled, grads["second"], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(grads["finite_difference"], grads["second"], rtol=1e-4, atol=1e-5)  # O(r^2)
     second_order_term = (grads["second"] - grads["first"]).norm()
     assert second_order_term > 0.05 * grads["second"].norm()

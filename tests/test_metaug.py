@@ -115,9 +115,10 @@ def test_generators_are_left_out_of_the_trainer_optimizer():
     assert len(held) + len(generators) == sum(1 for _ in method.parameters())
 
 
-@pytest.mark.parametrize("order", ["second", "first", "none"])
-def test_surrogate_loss_hands_the_trainer_autograds_gradient_and_none_to_the_generators(order):
-    method = make_method(meta_order=order)
+@pytest.mark.parametrize("order, second_order", [("second", "jvp"), ("second", "unrolled"), ("first", "jvp"),
+                                                 ("none", "jvp")])
+def test_surrogate_loss_hands_the_trainer_autograds_gradient_and_none_to_the_generators(order, second_order):
+    method = make_method(meta_order=order, second_order=second_order)
     reference = copy.deepcopy(method)
     views = make_views()
     out = method.training_step(StepInput(views))
@@ -156,6 +157,8 @@ def test_meta_gradient_matches_finite_differences_of_the_unrolled_objective():
     views = make_views()
     grads = {order: meta_gradient_of_one_step(make_method(meta_order=order, **plain_step), views)
              for order in ("second", "first")}
+    unrolled = meta_gradient_of_one_step(make_method(second_order="unrolled", **plain_step), views)
+    torch.testing.assert_close(unrolled, grads["second"], rtol=1e-9, atol=1e-12)
     method = make_method()
     omega = generator_vector(method)
     directions = torch.randn(3, omega.numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastlab.engine.distributed import gather_with_grad, rank_and_world
+from contrastlab.losses.logsumexp import log_softmax, logsumexp
 
 LOSS_KINDS = ("infonce", "dcl", "hcl")
 
@@ -24,7 +25,7 @@ def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.
     """
     _check(pos, neg, temperature)
     logits = torch.cat([pos[:, None], neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros_like(pos, dtype=torch.long))
+    return (logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
 
 def hard_negative_log_weights(neg: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
@@ -38,7 +39,7 @@ def hard_negative_log_weights(neg: torch.Tensor, temperature: float, beta: float
     """
     if temperature <= 0 or beta < 0:
         raise ValueError(f"need temperature > 0 and beta >= 0, got temperature={temperature}, beta={beta}")
-    return math.log(neg.shape[1]) + torch.log_softmax(beta * neg / temperature, dim=1)
+    return math.log(neg.shape[1]) + log_softmax(beta * neg / temperature, dim=1)
 
 
 def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, tau_plus: float,
@@ -61,7 +62,7 @@ def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, 
     m = neg.shape[1]
     log_pos = pos / temperature
     log_weights = hard_negative_log_weights(neg, temperature, beta)
-    log_negatives = torch.logsumexp(log_weights + neg / temperature, dim=1)  # log sum_j w_j e^{neg_j/t}
+    log_negatives = logsumexp(log_weights + neg / temperature, dim=1)  # log sum_j w_j e^{neg_j/t}
     log_floor = math.log(m) - 1.0 / temperature
     above_floor = log_negatives > log_floor
     log_ng = log_negatives

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from contrastlab.losses.logsumexp import logsumexp
+
 
 def oucl(positives: torch.Tensor, negatives: torch.Tensor, gamma: float = 16.0, *, circle: bool = False,
          circle_margin: float = 0.25, rescale: bool = True) -> torch.Tensor:
@@ -49,7 +51,7 @@ def oucl(positives: torch.Tensor, negatives: torch.Tensor, gamma: float = 16.0, 
         neg_logits = gamma * alpha_neg * (neg - m)
     else:
         pos_logits, neg_logits = -gamma * pos, gamma * neg
-    pair_lse = torch.logsumexp(neg_logits, dim=1) + torch.logsumexp(pos_logits, dim=1)  # (B,)
+    pair_lse = logsumexp(neg_logits, dim=1) + logsumexp(pos_logits, dim=1)  # (B,)
     per_anchor = torch.logaddexp(torch.zeros_like(pair_lse), pair_lse)  # exact softplus
     return (16.0 / gamma) * per_anchor.mean()
 

@@ -14,12 +14,23 @@ meta-gradient is ``dF/dm`` for the unrolled objective ``F(m) = L_out(theta+(m); 
     d_m = dL_out/dm (theta+; m),    v = dL_out/dtheta (theta+; m).
 
 Only ``g`` depends on ``m`` in the step (weight decay and buffer terms do not), so the formula
-holds with momentum and weight decay. ``meta_gradient`` offers three orders: ``"second"`` (exact,
-autograd through the step: a double backward), ``"first"`` (``d_m`` only) and
-``"finite_difference"`` (DARTS: the mixed term by central differences of ``dL_in/dm`` at
-``theta +- r v``, ``r = fd_radius / ||v||``, no double backward). As in DARTS the mixed
-derivative is that of the inner loss; MetaMask's reference uses its contrastive loss as both
-inner and outer loss, which is the special case ``inner_loss = outer_loss``.
+holds with momentum and weight decay. ``meta_gradient`` offers three orders: ``"second"``
+(exact), ``"first"`` (``d_m`` only) and ``"finite_difference"`` (DARTS: the mixed term by central
+differences of ``dL_in/dm`` at ``theta +- r v``, ``r = fd_radius / ||v||``). As in DARTS the
+mixed derivative is that of the inner loss; MetaMask's reference uses its contrastive loss as
+both inner and outer loss, which is the special case ``inner_loss = outer_loss``.
+
+The exact mixed term is computed one of two ways (``second_order``):
+
+* ``"jvp"`` (default): by symmetry of mixed partials it is ``d/dm <g(m), v> =
+  d/dm [d/de L_in(theta + e v; m)]``: one forward-mode pass (``torch.autograd.forward_ad``) with
+  tangent ``v`` on the weights gives the directional derivative, whose reverse-mode gradient
+  w.r.t. ``m`` is the term. The weights enter as constants, so nothing upstream of ``m`` is
+  differentiated in reverse mode: where ``m`` acts after an encoder (a mask on its output,
+  generators on its projections) the encoder costs one forward with tangents and no backward,
+  and the real step's gradient ``g`` needs no ``create_graph``.
+* ``"unrolled"``: autograd through the virtual step (MAML): ``g`` with ``create_graph=True`` and a
+  double backward through the whole encoder. Same value; the reference implementation.
 
 Parameter dictionaries map names (as in ``module.named_parameters()``) to tensors; evaluate a
 module at such a dictionary with :func:`functional_forward`.
@@ -32,11 +43,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from contrastlab.models.batchnorm import batch_statistics_only
 
 MetaOrder = Literal["second", "first", "finite_difference"]
+SecondOrder = Literal["jvp", "unrolled"]
 Params = Mapping[str, Tensor]
 Grads = Mapping[str, Tensor | None]
 LossOf = Callable[[dict[str, Tensor]], Tensor]
@@ -47,13 +60,19 @@ def functional_forward(module: nn.Module, params: Params, *args: Any, **kwargs: 
     ``module.named_parameters()`` / ``named_buffers()``) in place of the module's own; the
     tensors not in ``params`` are the module's own. BatchNorm layers in training mode
     normalise with batch statistics and leave their running statistics untouched, so a
-    virtual forward never counts as a training batch. Autograd flows into ``params``.
+    virtual forward never counts as a training batch. Autograd flows into ``params``. When
+    the parameters or inputs carry forward-mode tangents and some of them require grad (the
+    tangent may be back-propagated), BatchNorm is computed from elementary ops, as
+    :func:`batch_statistics_only` explains; a pure forward-mode pass keeps the native kernel.
     """
     known = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"params has names that {type(module).__name__} does not have: {unknown}")
-    with batch_statistics_only(module):
+    tensors = [t for t in (*params.values(), *args, *kwargs.values()) if isinstance(t, Tensor)]
+    dual = any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+    reverse_through_tangent = dual and any(t.requires_grad for t in tensors)
+    with batch_statistics_only(module, composite=reverse_through_tangent):
         return torch.func.functional_call(module, dict(params), args, kwargs)
 
 
@@ -198,6 +217,7 @@ def meta_gradient(
     step: SGDStep | float,
     *,
     order: MetaOrder = "second",
+    second_order: SecondOrder = "jvp",
     inner_grads: Grads | None = None,
     fd_radius: float = 0.01,
 ) -> MetaGradient:
@@ -209,26 +229,34 @@ def meta_gradient(
     inner_params: ``theta`` by name, e.g. ``dict(encoder.named_parameters())``.
     inner_loss, outer_loss: map a parameter dict to a scalar; evaluate the encoder with
         :func:`functional_forward` so BatchNorm uses batch statistics and keeps its running
-        statistics. ``inner_loss`` is called at ``theta`` (unless ``inner_grads`` is given) and,
-        for ``"finite_difference"``, at ``theta +- r v``; ``outer_loss`` once at ``theta+``.
+        statistics. ``inner_loss`` is called at ``theta`` (unless ``inner_grads`` is given), for
+        ``"finite_difference"`` at ``theta +- r v`` and for ``"second"``/``"jvp"`` once at
+        ``theta`` with forward-mode tangents ``v`` on the weights; ``outer_loss`` once at
+        ``theta+``.
     step: an :class:`SGDStep` (momentum, weight decay, e.g. ``SGDStep.like(optimizer, theta)``)
         or a learning rate for a plain gradient step.
-    order: ``"second"`` exact (double backward through ``g``); ``"first"`` the direct term
-        ``dL_out/dm`` at ``theta+`` only; ``"finite_difference"`` DARTS' approximation of the
-        second-order term (needs no ``create_graph``; error O(fd_radius^2)).
+    order: ``"second"`` exact; ``"first"`` the direct term ``dL_out/dm`` at ``theta+`` only;
+        ``"finite_difference"`` DARTS' approximation of the second-order term (error
+        O(fd_radius^2)).
+    second_order: how ``"second"`` gets the mixed term: ``"jvp"`` (forward-over-reverse, no
+        ``create_graph``) or ``"unrolled"`` (double backward through the virtual step).
     inner_grads: ``g`` already computed by :func:`inner_gradients` from a loss value the caller
         also uses elsewhere (one forward and one gradient serving a real optimiser step and the
-        virtual step); with ``order="second"`` it must come from ``create_graph=True``.
-        Compute the meta-gradient before an optimiser updates ``theta`` in place: ``g``'s graph
-        holds ``theta``.
+        virtual step); ``"unrolled"`` needs it from ``create_graph=True`` (see
+        :func:`needs_differentiable_inner_grads`). Compute the meta-gradient before an optimiser
+        updates ``theta`` in place.
     fd_radius: length of the finite-difference step ``r v`` in parameter space.
 
-    No ``.grad`` attribute is written and no tensor is modified in place; the returned
-    gradients are detached (set them as ``m.grad`` for an optimiser step).
+    Under autocast, the ``"jvp"`` pass runs the weights in the autocast dtype (mixed-dtype
+    forward-mode BatchNorm is several times slower on CPU). No ``.grad`` attribute is written and
+    no tensor is modified in place; the returned gradients are detached (set them as ``m.grad``
+    for an optimiser step).
     """
     outer_params = list(outer_params)
     if order not in get_args(MetaOrder):
         raise ValueError(f"order must be one of {get_args(MetaOrder)}, got {order!r}")
+    if second_order not in get_args(SecondOrder):
+        raise ValueError(f"second_order must be one of {get_args(SecondOrder)}, got {second_order!r}")
     if not outer_params:
         raise ValueError("outer_params is empty: nothing to differentiate")
     frozen = [i for i, m in enumerate(outer_params) if not m.requires_grad]
@@ -239,14 +267,16 @@ def meta_gradient(
     if not fd_radius > 0:
         raise ValueError(f"fd_radius must be > 0, got {fd_radius}")
     step = step if isinstance(step, SGDStep) else SGDStep(lr=step)
+    unrolled = needs_differentiable_inner_grads(order, second_order)
 
     if inner_grads is None:
-        inner_grads = inner_gradients(inner_loss(dict(inner_params)), inner_params, create_graph=order == "second")
-    elif order == "second" and not any(g is not None and g.requires_grad for g in inner_grads.values()):
-        raise ValueError('order="second" needs inner_grads computed with create_graph=True')
+        inner_grads = inner_gradients(inner_loss(dict(inner_params)), inner_params, create_graph=unrolled)
+    elif unrolled and not any(g is not None and g.requires_grad for g in inner_grads.values()):
+        raise ValueError('order="second" with second_order="unrolled" needs inner_grads computed with '
+                         "create_graph=True")
     detached_grads = {name: None if g is None else g.detach() for name, g in inner_grads.items()}
 
-    if order == "second":
+    if unrolled:
         stepped = step.virtual_step(inner_params, inner_grads)
         value = _check_scalar(outer_loss(stepped), "outer_loss")
         return MetaGradient(_grads_or_zeros(value, outer_params), detached_grads, value.detach())
@@ -254,16 +284,42 @@ def meta_gradient(
     theta = {name: p.detach() for name, p in inner_params.items()}
     stepped = step.virtual_step(theta, detached_grads)
     moved = [name for name, g in detached_grads.items() if g is not None]
-    for name in moved if order == "finite_difference" else ():
+    for name in moved if order != "first" else ():
         stepped[name].requires_grad_(True)  # to read v = dL_out/dtheta+
     value = _check_scalar(outer_loss(stepped), "outer_loss")
     if order == "first":
         return MetaGradient(_grads_or_zeros(value, outer_params), detached_grads, value.detach())
     grads = _grads_or_zeros(value, outer_params + [stepped[name] for name in moved])
     direct, v = grads[: len(outer_params)], dict(zip(moved, grads[len(outer_params):]))
-    mixed = _mixed_derivative_along(v, theta, inner_loss, outer_params, fd_radius)
-    outer_grads = [d - step.lr * hvp for d, hvp in zip(direct, mixed)]
+    if order == "second":
+        mixed = _mixed_derivative_jvp(v, theta, inner_loss, outer_params)
+    else:
+        mixed = _mixed_derivative_along(v, theta, inner_loss, outer_params, fd_radius)
+    outer_grads = [d - step.lr * term for d, term in zip(direct, mixed)]
     return MetaGradient(outer_grads, detached_grads, value.detach())
+
+
+def needs_differentiable_inner_grads(order: MetaOrder, second_order: SecondOrder = "jvp") -> bool:
+    """Whether :func:`meta_gradient` with these settings needs ``g`` from ``create_graph=True``
+    (and so the inner loss computed with ``m`` as a variable, not a constant)."""
+    return order == "second" and second_order == "unrolled"
+
+
+def _mixed_derivative_jvp(v: Params, theta: Params, inner_loss: LossOf, outer_params: list[Tensor]) -> list[Tensor]:
+    """``(d^2 L_in / dm dtheta) . v`` at ``theta``: the reverse-mode gradient w.r.t. ``m`` of
+    the forward-mode derivative of ``L_in`` along ``v`` (``theta``: detached tensors)."""
+    device = next(iter(theta.values())).device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    with fwAD.dual_level():
+        dual = {name: fwAD.make_dual(cast(p), cast(v[name])) if name in v else cast(p) for name, p in theta.items()}
+        tangent = fwAD.unpack_dual(_check_scalar(inner_loss(dual), "inner_loss")).tangent
+    if tangent is None:
+        return [torch.zeros_like(m) for m in outer_params]
+    return _grads_or_zeros(tangent.float(), outer_params)
 
 
 def _mixed_derivative_along(

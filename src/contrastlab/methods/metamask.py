@@ -55,12 +55,14 @@ from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.meta import (
+    SecondOrder,
     Params,
     SGDStep,
     encoder_parameters,
     functional_forward,
     inner_gradients,
     meta_gradient,
+    needs_differentiable_inner_grads,
     momentum_buffers,
     restore_momentum_buffers,
     surrogate_loss,
@@ -88,6 +90,7 @@ class MetaMaskConfig(MethodConfig):
     mask_momentum: float = 0.9
     mask_weight_decay: float = 5e-4
     meta_order: MetaMaskOrder = "second"  # none: no meta step, the mask keeps its initial value
+    second_order: SecondOrder = "jvp"  # how the exact order gets the mixed term: jvp | unrolled
     meta_every: int = 1  # one meta step every this many training steps
     fd_radius: float = 0.01  # finite_difference: length of the step r v in parameter space
 
@@ -109,6 +112,7 @@ def check_config(cfg: MetaMaskConfig) -> None:
         "mask_momentum": (lambda v: v >= 0, ">= 0"),
         "mask_weight_decay": (lambda v: v >= 0, ">= 0"),
         "meta_order": (lambda v: v in get_args(MetaMaskOrder), f"one of {get_args(MetaMaskOrder)}"),
+        "second_order": (lambda v: v in get_args(SecondOrder), f"one of {get_args(SecondOrder)}"),
         "meta_every": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
         "fd_radius": (lambda v: v > 0, "> 0"),
     }
@@ -238,10 +242,11 @@ class MetaMask(Method):
     def training_step(self, step: StepInput) -> dict[str, Tensor]:
         order = self.cfg.meta_order
         meta = order != "none" and int(self.steps_done) % self.cfg.meta_every == 0
+        unrolled = meta and needs_differentiable_inner_grads(order, self.cfg.second_order)
         self.steps_done += 1
         x = torch.cat(step.views)
-        # the real forward sees the mask as a constant unless the exact meta-gradient needs g(m)
-        real_mask = self.mask() if meta and order == "second" else self.mask().detach()
+        # the real forward sees the mask as a constant unless the unrolled meta-gradient needs g(m)
+        real_mask = self.mask() if unrolled else self.mask().detach()
         terms = self.objective(x, real_mask)
         out = {
             "loss": terms.total,
@@ -252,12 +257,13 @@ class MetaMask(Method):
         }
         if meta:
             theta = self.encoder_parameters()
-            grads = inner_gradients(terms.total, theta, create_graph=order == "second")
+            grads = inner_gradients(terms.total, theta, create_graph=unrolled)
             result = meta_gradient(
                 [self.mask_parameter], theta,
                 inner_loss=lambda params: self.objective(x, self.mask(), params).total,
                 outer_loss=lambda params: self.contrastive_loss(x, params),
-                step=self.virtual_step(theta), order=order, inner_grads=grads, fd_radius=self.cfg.fd_radius,
+                step=self.virtual_step(theta), order=order, second_order=self.cfg.second_order,
+                inner_grads=grads, fd_radius=self.cfg.fd_radius,
             )
             self._step_mask(result.outer_grads[0])
             out["loss"] = surrogate_loss(terms.total, theta, result.inner_grads)

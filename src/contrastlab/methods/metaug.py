@@ -53,11 +53,13 @@ from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.meta import (
+    SecondOrder,
     Params,
     encoder_parameters,
     functional_forward,
     inner_gradients,
     meta_gradient,
+    needs_differentiable_inner_grads,
     momentum_buffers,
     restore_momentum_buffers,
     surrogate_loss,
@@ -86,6 +88,7 @@ class MetAugConfig(MethodConfig):
     gen_momentum: float = 0.9
     gen_weight_decay: float = 1e-4
     meta_order: MetAugOrder = "second"  # none: no meta step, the generators stay at their init
+    second_order: SecondOrder = "jvp"  # how the exact order gets the mixed term: jvp | unrolled
     meta_every: int = 1  # one meta step every this many training steps
 
 
@@ -106,6 +109,7 @@ def check_config(cfg: MetAugConfig) -> None:
         "gen_momentum": (lambda v: v >= 0, ">= 0"),
         "gen_weight_decay": (lambda v: v >= 0, ">= 0"),
         "meta_order": (lambda v: v in get_args(MetAugOrder), f"one of {get_args(MetAugOrder)}"),
+        "second_order": (lambda v: v in get_args(SecondOrder), f"one of {get_args(SecondOrder)}"),
         "meta_every": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
     }
     for field, (ok, expected) in rules.items():
@@ -227,10 +231,11 @@ class MetAug(Method):
     def training_step(self, step: StepInput) -> dict[str, Tensor]:
         order = self.cfg.meta_order
         meta = order != "none" and int(self.steps_done) % self.cfg.meta_every == 0
+        unrolled = meta and needs_differentiable_inner_grads(order, self.cfg.second_order)
         self.steps_done += 1
         x = torch.cat(step.views)
-        # the real forward sees the generators as constants unless the exact meta-gradient needs g(omega)
-        terms = self.objective(x, self.generator_parameters(detach=not (meta and order == "second")))
+        # the real forward sees the generators as constants unless the unrolled meta-gradient needs g(omega)
+        terms = self.objective(x, self.generator_parameters(detach=not unrolled))
         with torch.no_grad():
             (orig_pos, orig_neg), (gen_pos, gen_neg) = terms.original, terms.generated
             out = {
@@ -246,12 +251,12 @@ class MetAug(Method):
             }
         if meta:
             theta = self.encoder_parameters()
-            grads = inner_gradients(terms.total, theta, create_graph=order == "second")
+            grads = inner_gradients(terms.total, theta, create_graph=unrolled)
             result = meta_gradient(
                 self.outer_parameters(), theta,
                 inner_loss=lambda params: self.objective(x, self.generator_parameters(), params).total,
                 outer_loss=lambda params: self.objective(x, self.generator_parameters(), params).total,
-                step=self.cfg.inner_lr, order=order, inner_grads=grads,
+                step=self.cfg.inner_lr, order=order, second_order=self.cfg.second_order, inner_grads=grads,
             )
             self._step_generators(result.outer_grads)
             out["loss"] = surrogate_loss(terms.total, theta, result.inner_grads)
