@@ -4,11 +4,15 @@ Each variant trains with the real trainer (views made on the device, forward, ba
 optimiser step) for ``--steps`` steps after ``--warmup`` untimed ones; the runs are
 interleaved over ``--repeats`` rounds so that drift in the machine's load hits every variant
 alike, and the per-step time is the median over all timed steps. A variant is
-``name=override,override,...`` (the first one is the baseline).
+``name=override,override,...`` on the ``--base`` recipe, or ``name=RECIPE.yaml[:override,...]``
+on another recipe (the first variant is the baseline).
 
     .venv/bin/python benchmarks/step_time.py --out invclr_step_time \\
         --base configs/simclr-spirograph-convnet.yaml \\
         "simclr=method.name=simclr" "invclr=method.name=invclr,method.gp_weight=0.01"
+    .venv/bin/python benchmarks/step_time.py --out metamask_step_time \
+        --base configs/metamask-fashion-mnist-convnet.yaml \
+        "barlow_twins=configs/barlow_twins-fashion-mnist-convnet.yaml" "metamask=method.meta_order=second"
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ from contrastlab.engine.trainer import Trainer
 from report import write_results
 
 
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    name, _, overrides = text.partition("=")
-    if not name or not overrides:
-        raise SystemExit(f"a variant is name=override[,override...], got '{text}'")
-    return name, overrides.split(",")
+def parse_variant(text: str, base: str) -> tuple[str, tuple[str, list[str]]]:
+    """``name=[RECIPE.yaml:]override,...`` -> ``(name, (recipe, overrides))``."""
+    name, _, spec = text.partition("=")
+    recipe, colon, overrides = spec.partition(":")
+    if not colon and recipe.endswith(".yaml"):
+        overrides = ""
+    elif not (colon and recipe.endswith(".yaml")):
+        recipe, overrides = base, spec
+    if not name or not (overrides or recipe != base):
+        raise SystemExit(f"a variant is name=override[,override...] or name=RECIPE.yaml[:override,...], got '{text}'")
+    if not Path(recipe).is_file():
+        raise SystemExit(f"variant '{text}': no recipe file {recipe}")
+    return name, (recipe, overrides.split(",") if overrides else [])
 
 
 def step_times(recipe: str, overrides: list[str], steps: int, warmup: int, run_dir: Path) -> list[float]:
@@ -62,16 +74,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="write benchmarks/results/<out>.{json,md}")
     args = parser.parse_args()
-    variants = dict(parse_variant(v) for v in args.variants)
+    variants = dict(parse_variant(v, args.base) for v in args.variants)
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeats):
-            for name, overrides in variants.items():
-                times[name] += step_times(args.base, overrides, args.steps, args.warmup, Path(tmp) / f"{name}-{round_}")
+            for name, (recipe, overrides) in variants.items():
+                times[name] += step_times(recipe, overrides, args.steps, args.warmup, Path(tmp) / f"{name}-{round_}")
                 print(f"round {round_ + 1}: {name:<28} {statistics.median(times[name]):.3f} s/step", flush=True)
     baseline = next(iter(variants))
-    cfg = load_config(args.base, variants[baseline])
-    rows = [{"variant": name, "overrides": variants[name], "seconds_per_step": statistics.median(t),
+    cfg = load_config(*variants[baseline])
+    rows = [{"variant": name, "recipe": variants[name][0], "overrides": variants[name][1],
+             "seconds_per_step": statistics.median(t),
              "ratio": statistics.median(t) / statistics.median(times[baseline]),
              "images_per_s": cfg.train.batch_size / statistics.median(t)} for name, t in times.items()]
     command = "python benchmarks/step_time.py " + " ".join(
@@ -81,12 +94,12 @@ def main() -> None:
         f"# Step time vs {baseline}", "",
         f"`{command}`", "",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-        f"data {cfg.data.name}, backbone {cfg.backbone.name}, batch {cfg.train.batch_size}, precision "
+        f"baseline: data {cfg.data.name}, backbone {cfg.backbone.name}, batch {cfg.train.batch_size}, precision "
         f"{cfg.train.precision}, channels_last {cfg.train.channels_last}. Median over "
         f"{args.steps * args.repeats} timed steps per variant, runs interleaved.", "",
-        "| variant | overrides | s/step | images/s | step time vs baseline |", "|---|---|---|---|---|",
+        "| variant | recipe | overrides | s/step | images/s | step time vs baseline |", "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['variant']} | `{' '.join(r['overrides'])}` | {r['seconds_per_step']:.3f} | "
+    lines += [f"| {r['variant']} | {Path(r['recipe']).name} | `{' '.join(r['overrides'])}` | {r['seconds_per_step']:.3f} | "
               f"{r['images_per_s']:.0f} | {r['ratio']:.2f} |" for r in rows]
     print("\n".join(lines))
     if args.out:
