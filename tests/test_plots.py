@@ -78,3 +78,15 @@ def test_metamask_diagnostics_are_plotted(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ValueError, match="mask_values records have different lengths"):
         plot_run(tmp_path)
+
+
+def test_metaug_hardness_and_generator_gradient_are_plotted(tmp_path):
+    records = [{"step": s, "loss": 1.0 / s, "gen_grad_norm": 0.1 * s, "positive_score_original": 0.9,
+                "positive_score_generated": 0.5, "hardest_negative_original": 0.3 + 0.01 * s,
+                "hardest_negative_generated": 0.6} for s in range(1, 6)]
+    records.append({"step": 6, "loss": 0.1})  # a step without a meta update logs no generator numbers
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = plot_run(tmp_path)
+    assert sorted(p.name for p in written) == ["gen_grad_norm.png", "hardness.png", "loss.png"]
+    for path in written:
+        assert_png(path)

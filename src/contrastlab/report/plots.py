@@ -22,6 +22,17 @@ CURVES = (
     ("online_acc", "online probe accuracy (%)"),
     ("effective_rank", "effective rank of the batch representation"),
     ("bt_off_diagonal", "mean squared off-diagonal cross-correlation"),
+    ("gen_grad_norm", "norm of the generators' meta-gradient"),
+    ("mask_grad_norm", "norm of the mask's meta-gradient"),
+)
+# several logged series on one figure: (file stem, title, {key: legend label})
+PANELS = (
+    ("hardness", "hardness of generated vs original pairs (cosine)", {
+        "positive_score_original": "positive, original",
+        "positive_score_generated": "positive, generated",
+        "hardest_negative_original": "hardest negative, original",
+        "hardest_negative_generated": "hardest negative, generated",
+    }),
 )
 
 
@@ -53,9 +64,10 @@ def plot_run(
 ) -> list[Path]:
     """Write the plots the inputs allow into ``run_dir`` and return their paths.
 
-    - ``loss.png`` (and ``online_acc.png``, ``effective_rank.png``, ``bt_off_diagonal.png``)
-      against ``step`` from ``run_dir/metrics.jsonl``, skipped when the file is missing or has
-      no such records;
+    - ``loss.png`` (and ``online_acc.png``, ``effective_rank.png``, ``bt_off_diagonal.png``,
+      ``gen_grad_norm.png``, ``mask_grad_norm.png``) against ``step`` from
+      ``run_dir/metrics.jsonl``, skipped when the file is missing or has no such records;
+    - ``hardness.png``: MetAug's positive scores and hardest negatives, original vs generated;
     - ``mask.png``: the per-dimension ``mask_values`` records (MetaMask) as a heat map of
       dimension x step;
     - ``spectrum.png``: ``results["diagnostics"]["singular_values"]``, else the spectrum of
@@ -67,9 +79,13 @@ def plot_run(
     written = []
     records = read_metrics(run_dir / "metrics.jsonl")
     for key, label in CURVES:
-        points = [(r["step"], r[key]) for r in records if "step" in r and isinstance(r.get(key), (int, float))]
+        points = _series(records, key)
         if points:
-            written.append(_save_curve(run_dir / f"{key}.png", points, label))
+            written.append(_save_curves(run_dir / f"{key}.png", {label: points}, label))
+    for stem, title, keys in PANELS:
+        series = {label: _series(records, key) for key, label in keys.items()}
+        if any(series.values()):
+            written.append(_save_curves(run_dir / f"{stem}.png", series, title))
     masks = [(r["step"], r["mask_values"]) for r in records if "step" in r and isinstance(r.get("mask_values"), list)]
     if masks:
         written.append(_save_mask(run_dir / "mask.png", masks))
@@ -89,12 +105,22 @@ def _new_figure() -> Figure:
     return figure
 
 
-def _save_curve(path: Path, points: list[tuple[float, float]], label: str) -> Path:
+def _series(records: list[dict], key: str) -> list[tuple[float, float]]:
+    """``(step, value)`` of the records that log ``key`` as a number."""
+    return [(r["step"], r[key]) for r in records if "step" in r and isinstance(r.get(key), (int, float))]
+
+
+def _save_curves(path: Path, series: dict[str, list[tuple[float, float]]], title: str) -> Path:
+    """One line per non-empty series against ``step``; a legend when there are several."""
     figure = _new_figure()
     axes = figure.add_subplot()
-    steps, values = zip(*points)
-    axes.plot(steps, values)
-    axes.set(xlabel="step", ylabel=label, title=label)
+    drawn = {label: points for label, points in series.items() if points}
+    for label, points in drawn.items():
+        steps, values = zip(*points)
+        axes.plot(steps, values, label=label)
+    axes.set(xlabel="step", ylabel=title if len(drawn) == 1 else "value", title=title)
+    if len(drawn) > 1:
+        axes.legend()
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
     return path
