@@ -3,7 +3,7 @@
 Each variant trains with the real trainer (views made on the device, forward, backward,
 optimiser step) for ``--steps`` steps after ``--warmup`` untimed ones; the runs are
 interleaved over ``--repeats`` rounds so that drift in the machine's load hits every variant
-alike, and the per-step time is the median over all timed steps. A variant is
+alike; the ratio is that of the mean step times over all timed steps (the median is beside it). A variant is
 ``name=override,override,...`` on the ``--base`` recipe, or ``name=RECIPE.yaml[:override,...]``
 on another recipe (the first variant is the baseline).
 
@@ -80,13 +80,14 @@ def main() -> None:
         for round_ in range(args.repeats):
             for name, (recipe, overrides) in variants.items():
                 times[name] += step_times(recipe, overrides, args.steps, args.warmup, Path(tmp) / f"{name}-{round_}")
-                print(f"round {round_ + 1}: {name:<28} {statistics.median(times[name]):.3f} s/step", flush=True)
+                print(f"round {round_ + 1}: {name:<28} {statistics.mean(times[name]):.3f} s/step", flush=True)
     baseline = next(iter(variants))
     cfg = load_config(*variants[baseline])
+    base_mean = statistics.mean(times[baseline])
     rows = [{"variant": name, "recipe": variants[name][0], "overrides": variants[name][1],
-             "seconds_per_step": statistics.median(t),
-             "ratio": statistics.median(t) / statistics.median(times[baseline]),
-             "images_per_s": cfg.train.batch_size / statistics.median(t)} for name, t in times.items()]
+             "seconds_per_step_median": statistics.median(t), "seconds_per_step_mean": statistics.mean(t),
+             "ratio": statistics.mean(t) / base_mean, "ratio_median": statistics.median(t) / statistics.median(times[baseline]),
+             "images_per_s": cfg.train.batch_size / statistics.mean(t)} for name, t in times.items()]
     command = "python benchmarks/step_time.py " + " ".join(
         [f"--base {args.base}", f"--steps {args.steps}", f"--warmup {args.warmup}", f"--repeats {args.repeats}"]
         + (["--out " + args.out] if args.out else []) + [f'"{v}"' for v in args.variants])
@@ -95,12 +96,15 @@ def main() -> None:
         f"`{command}`", "",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
         f"baseline: data {cfg.data.name}, backbone {cfg.backbone.name}, batch {cfg.train.batch_size}, precision "
-        f"{cfg.train.precision}, channels_last {cfg.train.channels_last}. Median over "
-        f"{args.steps * args.repeats} timed steps per variant, runs interleaved.", "",
-        "| variant | recipe | overrides | s/step | images/s | step time vs baseline |", "|---|---|---|---|---|---|",
+        f"{cfg.train.precision}, channels_last {cfg.train.channels_last}. {args.steps * args.repeats} timed "
+        f"steps per variant, runs interleaved; the ratio is of the mean step times (a variant whose steps "
+        f"differ, e.g. a meta step every k steps, costs its mean), the median is beside it.", "",
+        "| variant | recipe | overrides | mean s/step | median s/step | images/s | step time vs baseline | (medians) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['variant']} | {Path(r['recipe']).name} | `{' '.join(r['overrides'])}` | {r['seconds_per_step']:.3f} | "
-              f"{r['images_per_s']:.0f} | {r['ratio']:.2f} |" for r in rows]
+    lines += [f"| {r['variant']} | {Path(r['recipe']).name} | `{' '.join(r['overrides'])}` | "
+              f"{r['seconds_per_step_mean']:.3f} | {r['seconds_per_step_median']:.3f} | {r['images_per_s']:.0f} | "
+              f"{r['ratio']:.2f} | {r['ratio_median']:.2f} |" for r in rows]
     print("\n".join(lines))
     if args.out:
         write_results(args.out, rows, lines, command)
