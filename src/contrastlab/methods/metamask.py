@@ -12,9 +12,12 @@ exact second-order meta-gradient, the first-order one, DARTS' finite differences
 reference's default) or ``"none"`` (not ``off``, which YAML reads as false): no meta step, the
 mask stays at its initial value (with a sigmoid, ``M = 0.5`` everywhere, which the heads'
 BatchNorm makes equivalent to the reference's ``--disable-meta`` ``M = 1``: plain BT + weighted
-SimCLR). Step time relative to Barlow Twins (CPU convnet, batch 256, fp32): about 5x for
-``second`` (half of it BatchNorm's double backward), 2.5-3x for ``finite_difference``, 1.4x for
-``first``.
+SimCLR). ``second_order`` picks how the exact order gets its mixed term (:mod:`meta`): ``jvp``
+(forward-over-reverse, default) or ``unrolled`` (double backward). Step time relative to the
+``barlow_twins`` recipe on this CPU (ConvNet, batch 256, bf16 + channels_last;
+``benchmarks/results/metamask_step_time.md``): 3.9x for ``second``/``jvp``, 9.5x for
+``second``/``unrolled``, 3.2x for ``finite_difference``, 1.5x for ``first``; a meta step every
+2 (4) steps (``meta_every``) brings the exact order to 2.2x (1.7x).
 
 Differences from the reference code:
 

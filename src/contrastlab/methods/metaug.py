@@ -15,7 +15,12 @@ augmented pairs concatenated along the columns). The generators minimise the unr
 step, spec 1.8c), on the same batch, with their own ``torch.optim.SGD`` (``gen_lr`` never decayed,
 as in the official code). ``meta_order``: ``"second"`` exact (MAML-style, the official code),
 ``"first"`` the direct term only, ``"none"`` (not ``off``, which YAML reads as false) no meta step:
-the generators keep their random initialisation.
+the generators keep their random initialisation. ``second_order``: how the exact order gets its
+mixed term (:mod:`meta`), ``jvp`` (forward-over-reverse, default) or ``unrolled`` (double
+backward, as the official code). Step time relative to the ``simclr`` recipe on this CPU
+(ConvNet, batch 256, bf16 + channels_last; ``benchmarks/results/metaug_step_time.md``): 4.5x for
+``second``/``jvp``, 10.5x for ``second``/``unrolled``, 1.8x for ``first``; a meta step every 2 (4)
+steps (``meta_every``) brings the exact order to 2.7x (1.9x).
 
 Differences from the official code (CMC, three Lab-channel views, memory bank):
 
