@@ -8,6 +8,7 @@ a robustness curve: test images re-rendered with the background-colour range shi
 
     .venv/bin/python benchmarks/invclr_spirograph.py                   # 3 seeds, recipe budget
     .venv/bin/python benchmarks/invclr_spirograph.py --seeds 0 --epochs 2 --no-write
+    .venv/bin/python benchmarks/invclr_spirograph.py --only invclr     # keep the recorded simclr runs
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--gp-weight", type=float, help="InvCLR's lambda; default: the recipe's")
     parser.add_argument("--averaging", type=int, default=30, help="M, draws averaged per image")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--only", choices=["simclr", "invclr"],
+                        help="train this arm only; the other's runs are read from the recorded results (same command)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     common = [f"eval.feature_averaging={args.averaging}",
@@ -68,8 +71,15 @@ def main() -> None:
     arms = {"simclr": ["method.gp_weight=0"],
             "invclr": [f"method.gp_weight={args.gp_weight}"] if args.gp_weight is not None else []}
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    if args.only:
+        recorded = json.loads((RESULTS / "invclr_spirograph.json").read_text())
+        if recorded["command"] != command_line(args):
+            raise SystemExit(f"--only needs results recorded by the same command; found: {recorded['command']}")
+        runs = {arm: [] if arm == args.only else recorded["runs"][arm] for arm in arms}
     for seed in args.seeds:
         for arm, extra in arms.items():
+            if args.only and arm != args.only:
+                continue
             results = train(arm, [*common, *extra, f"train.seed={seed}"], RUNS / f"invclr-study-{arm}-s{seed}")
             run = {"seed": seed, "single": scores(results["trained"]), "averaged": scores(results["trained_fa"]),
                    "robustness": [{"strength": point["strength"], **{k: point["regression"][k] for k in ("mse_mean", "r2_mean")}}
@@ -80,11 +90,16 @@ def main() -> None:
     report(runs, args)
 
 
-def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
-    command = "python benchmarks/invclr_spirograph.py " + " ".join(
+def command_line(args: argparse.Namespace) -> str:
+    """The command that records these results (without --only / --no-write)."""
+    return "python benchmarks/invclr_spirograph.py " + " ".join(
         [f"--seeds {' '.join(map(str, args.seeds))}", f"--averaging {args.averaging}"]
         + ([f"--epochs {args.epochs}"] if args.epochs else [])
         + ([f"--gp-weight {args.gp_weight}"] if args.gp_weight is not None else []))
+
+
+def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    command = command_line(args)
 
     def cell(arm: str, features: str, key: str, fmt: str) -> str:
         mean, std = spread([run[features][key] for run in runs[arm]])
