@@ -76,6 +76,15 @@ def functional_forward(module: nn.Module, params: Params, *args: Any, **kwargs: 
         return torch.func.functional_call(module, dict(params), args, kwargs)
 
 
+def forward_at(module: nn.Module, prefix: str, params: Params | None, *args: Any) -> Any:
+    """``module(*args)`` at the tensors of ``params`` named ``prefix + name`` (names as in the
+    owning module's ``named_parameters()``, e.g. ``"backbone."``), by :func:`functional_forward`;
+    a plain ``module(*args)`` when ``params`` is None (a real forward)."""
+    if params is None:
+        return module(*args)
+    return functional_forward(module, {n[len(prefix):]: t for n, t in params.items() if n.startswith(prefix)}, *args)
+
+
 def _per_parameter(setting: str, value: float | Mapping[str, float], name: str) -> float:
     if not isinstance(value, Mapping):
         return value

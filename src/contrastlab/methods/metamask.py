@@ -62,7 +62,7 @@ from contrastlab.methods.meta import (
     Params,
     SGDStep,
     encoder_parameters,
-    functional_forward,
+    forward_at,
     inner_gradients,
     meta_gradient,
     needs_differentiable_inner_grads,
@@ -193,30 +193,21 @@ class MetaMask(Method):
         """``theta``: the backbone's and both heads' parameters that require grad."""
         return encoder_parameters(self, ENCODER_PARTS)
 
-    def _part(self, part: str, theta: Params | None, x: Tensor) -> Tensor:
-        """``getattr(self, part)(x)``, at the weights of ``theta`` (functional: BatchNorm on batch
-        statistics, running statistics untouched) unless ``theta`` is None."""
-        module = getattr(self, part)
-        if theta is None:
-            return module(x)
-        prefix = f"{part}."
-        return functional_forward(module, {n[len(prefix):]: t for n, t in theta.items() if n.startswith(prefix)}, x)
-
     def objective(self, x: Tensor, mask: Tensor, theta: Params | None = None) -> Objective:
         """``L`` on ``x: (2B, C, H, W)`` (view 1 then view 2) with mask ``(D,)``, at the module's
         weights (a real forward) or at ``theta``."""
-        features = self._part("backbone", theta, x)
+        features = forward_at(self.backbone, "backbone.", theta, x)
         masked = features * mask
-        z1, z2 = self._part("bt_head", theta, masked).chunk(2)
-        c1, c2 = self._part("cl_head", theta, masked).chunk(2)
+        z1, z2 = forward_at(self.bt_head, "bt_head.", theta, masked).chunk(2)
+        c1, c2 = forward_at(self.cl_head, "cl_head.", theta, masked).chunk(2)
         bt = barlow_twins_loss(z1, z2, self.cfg.lambd)
         cl = nt_xent(c1, c2, self.cfg.temperature)
         return Objective(self.cfg.bt_weight * bt + self.cfg.cl_weight * cl, bt, cl, features, z1, z2)
 
     def contrastive_loss(self, x: Tensor, theta: Params) -> Tensor:
         """The mask's outer objective: NT-Xent of the masked representation at ``theta``, scalar."""
-        masked = self._part("backbone", theta, x) * self.mask()
-        return nt_xent(*self._part("cl_head", theta, masked).chunk(2), self.cfg.temperature)
+        masked = forward_at(self.backbone, "backbone.", theta, x) * self.mask()
+        return nt_xent(*forward_at(self.cl_head, "cl_head.", theta, masked).chunk(2), self.cfg.temperature)
 
     # ------------------------------------------------------------------ the step
     def virtual_step(self, theta: Params) -> SGDStep:

@@ -61,7 +61,7 @@ from contrastlab.methods.meta import (
     SecondOrder,
     Params,
     encoder_parameters,
-    functional_forward,
+    forward_at,
     inner_gradients,
     meta_gradient,
     needs_differentiable_inner_grads,
@@ -197,21 +197,13 @@ class MetAug(Method):
         return {name: p.detach() if detach else p for name, p in self.named_parameters()
                 if name.startswith("generators.")}
 
-    @staticmethod
-    def _at(module: nn.Module, prefix: str, params: Params | None, x: Tensor) -> Tensor:
-        """``module(x)``, at the weights in ``params`` named ``prefix + name`` (functional:
-        BatchNorm on batch statistics, running statistics untouched) unless ``params`` is None."""
-        if params is None:
-            return module(x)
-        return functional_forward(module, {n[len(prefix):]: t for n, t in params.items() if n.startswith(prefix)}, x)
-
     def objective(self, x: Tensor, omega: Params, theta: Params | None = None) -> Objective:
         """``L`` on ``x: (2B, C, H, W)`` (view 1 then view 2) with generator weights ``omega``, at
         the module's encoder weights (a real forward) or at ``theta``."""
         cfg = self.cfg
-        features = self._at(self.backbone, "backbone.", theta, x)
-        z1, z2 = F.normalize(self._at(self.projector, "projector.", theta, features), dim=1).chunk(2)
-        g1, g2 = (F.normalize(self._at(gen, f"generators.{v}.", omega, z), dim=1)
+        features = forward_at(self.backbone, "backbone.", theta, x)
+        z1, z2 = F.normalize(forward_at(self.projector, "projector.", theta, features), dim=1).chunk(2)
+        g1, g2 = (F.normalize(forward_at(gen, f"generators.{v}.", omega, z), dim=1)
                   for v, (gen, z) in enumerate(zip(self.generators, (z1, z2))))
 
         def contrast(scores: tuple[Tensor, Tensor]) -> Tensor:
