@@ -36,6 +36,7 @@ class DataConfig:
     train_size: int | None = None  # seeded subset (or number generated); None = all / default
     test_size: int | None = None
     seed: int = 0
+    color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
 
 
 @dataclass

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from contrastlab.config import Config, ConfigError
+from contrastlab.config import Config, ConfigError, MethodConfig
 from contrastlab.data import DATASETS, ImageData
 from contrastlab.data.augment import build_views
-from contrastlab.data.preprocess import Normalize, channel_stats
+from contrastlab.data.preprocess import LabNormalize, Normalize, channel_stats
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method
 from contrastlab.models import build_backbone
@@ -30,6 +30,7 @@ class RunData:
 
 
 def load_data(cfg: Config) -> RunData:
+    """The splits of ``cfg.data`` and their normalisation (``data.color_space``)."""
     try:
         load = DATASETS.get(cfg.data.name)
     except KeyError as err:
@@ -46,8 +47,34 @@ def load_data(cfg: Config) -> RunData:
                 f"data: '{d.train_split}' images have {train.shape[0]} channels but "
                 f"'{split}' images have {other.shape[0]}"
             )
+    return RunData(train, test, probe_train, make_normalize(d.color_space, train))
+
+
+def make_normalize(color_space: str, train: ImageData) -> Normalize:
+    """``rgb``: per-channel standardisation fitted on ``train``; ``lab``: sRGB -> CIE Lab with
+    MetAug's fixed Lab statistics (RGB images only)."""
+    if color_space == "lab":
+        channels = train.shape[0]
+        if channels != 3:
+            raise ConfigError(f"data.color_space='lab' needs RGB (3-channel) images but '{train.name}' images have "
+                              f"{channels} channel(s); use data.color_space=rgb")
+        return LabNormalize()
     mean, std = channel_stats(train.images)
-    return RunData(train, test, probe_train, Normalize(mean, std))
+    return Normalize(mean, std)
+
+
+def fill_train_sized_fields(method: MethodConfig, train_size: int) -> None:
+    """Sets to ``train_size`` each field of ``method`` that its class lists in a
+    ``TRAIN_SIZED_FIELDS`` class attribute and that is ``None`` (e.g. MetAug-Lab's
+    ``bank_size``: one memory-bank row per training image). A value already set must be at
+    least ``train_size`` (``ConfigError`` naming ``method.<field>``)."""
+    for field in getattr(type(method), "TRAIN_SIZED_FIELDS", ()):
+        value = getattr(method, field)
+        if value is None:
+            setattr(method, field, train_size)
+        elif value < train_size:
+            raise ConfigError(f"method.{field}={value} is smaller than the {train_size} training images; "
+                              f"set it to at least {train_size} or to null (the training-set size)")
 
 
 def make_views(cfg: Config, data: RunData) -> list:
@@ -76,7 +103,10 @@ def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Mo
         raise ConfigError(f"backbone: {err.args[0] if err.args else err}") from None
 
 
-def make_method(cfg: Config, input_shape: tuple[int, int, int]) -> Method:
+def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int) -> Method:
+    """The method of ``cfg.method`` on a new backbone; its training-set-sized fields are resolved
+    first (:func:`fill_train_sized_fields`, recorded in ``cfg``)."""
+    fill_train_sized_fields(cfg.method, train_size)
     backbone = make_backbone(cfg, input_shape)
     return METHODS.get(cfg.method.name)(cfg.method, backbone)
 

@@ -53,7 +53,7 @@ class Trainer:
         self.data = load_data(cfg)
         self.views = make_views(cfg, self.data)
         self.input_shape = view_shape(cfg, self.data)
-        method = make_method(cfg, self.input_shape)
+        method = make_method(cfg, self.input_shape, len(self.data.train))
         method = maybe_sync_batchnorm(method, cfg.train.sync_batchnorm, env).to(self.device)
         if cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)

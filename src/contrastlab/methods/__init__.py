@@ -4,6 +4,6 @@ from contrastlab.registry import Registry
 
 METHODS: Registry = Registry("method")
 
-from contrastlab.methods import barlow_twins, byol, invclr, metamask, metaug, moco, simclr  # noqa: E402,F401  (registers)
+from contrastlab.methods import barlow_twins, byol, invclr, metamask, metaug, metaug_lab, moco, simclr  # noqa: E402,F401  (registers)
 
 __all__ = ["METHODS"]

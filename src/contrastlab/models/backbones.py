@@ -1,4 +1,5 @@
-"""Image encoders (ResNet-18/34/50, a small ConvNet, an MLP) and the ``BACKBONES`` registry.
+"""Image encoders (ResNet-18/34/50, a small ConvNet, an MLP, CMC's half AlexNet, the Lab channel
+split of MetAug/CMC) and the ``BACKBONES`` registry.
 
 Every backbone maps ``x: (B, C, H, W) float`` to features ``(B, out_dim) float`` and records
 ``out_dim`` as an int attribute. Builders take ``input_shape = (C, H, W)`` plus keyword options;
@@ -12,6 +13,7 @@ from numbers import Real
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from contrastlab.registry import Registry
@@ -242,3 +244,134 @@ def mlp(input_shape: tuple[int, int, int], hidden: Sequence[int] = (512, 512)) -
     """``hidden``: widths of the Linear-BN-ReLU blocks; features are ``hidden[-1]``."""
     channels, height, width = input_shape
     return MLPEncoder(channels * height * width, _positive_ints("hidden", hidden))
+
+
+# CMC's half-width AlexNet (MetAug, spec 1.4): (out channels, kernel, stride, padding, max-pool after)
+ALEXNET_HALF_CONVS = ((48, 11, 4, 2, True), (128, 5, 1, 2, True), (192, 3, 1, 1, False),
+                      (192, 3, 1, 1, False), (128, 3, 1, 1, True))
+
+
+def alexnet_half_grid(size: int) -> int:
+    """Side of :class:`AlexNetHalf`'s pooled conv5 output for an input side ``size``; 0 when
+    ``size`` is too small for its three 3x3 stride-2 max-pools (6 for 224)."""
+    side = size
+    for _, kernel, stride, padding, pool in ALEXNET_HALF_CONVS:
+        side = (side + 2 * padding - kernel) // stride + 1 if side + 2 * padding >= kernel else 0
+        if pool:
+            side = (side - 3) // 2 + 1 if side >= 3 else 0
+    return side
+
+
+ALEXNET_HALF_MIN_SIZE = next(size for size in range(1, 1024) if alexnet_half_grid(size) >= 1)  # 63
+
+
+class AlexNetHalf(nn.Module):
+    """Half-width AlexNet (CMC, MetAug) up to fc6: five bias-free conv-BN-ReLU layers (48, 128,
+    192, 192, 128 channels; 11x11 stride 4, 5x5, then 3x3) with a 3x3 stride-2 max-pool after
+    conv1, conv2 and conv5, then fc6 = Linear-BN1d-ReLU on the flattened grid.
+
+    ``x: (B, in_channels, H, W) -> (B, fc6_width)`` for the ``(H, W)`` it was built for
+    (``128 x 6 x 6`` flattened at 224x224). With ``resize_input`` inputs of another size are
+    first resized bilinearly to ``(H, W)`` (e.g. native 32x32 CIFAR images at evaluation, like
+    the official probe's resize to 224); otherwise they are an error.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], fc6_width: int, resize_input: bool) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        grid = (alexnet_half_grid(height), alexnet_half_grid(width))
+        if min(grid) < 1:
+            raise ValueError(
+                f"backbone 'alexnet_half' needs inputs of at least {ALEXNET_HALF_MIN_SIZE}x{ALEXNET_HALF_MIN_SIZE} "
+                f"pixels for its pooling (the paper uses 224x224), got {height}x{width}; set augment.size"
+            )
+        layers: list[nn.Module] = []
+        for out_channels, kernel, stride, padding, pool in ALEXNET_HALF_CONVS:
+            layers += [nn.Conv2d(channels, out_channels, kernel, stride, padding, bias=False),
+                       nn.BatchNorm2d(out_channels), nn.ReLU()]
+            if pool:
+                layers.append(nn.MaxPool2d(3, 2))
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.fc6 = nn.Sequential(nn.Linear(channels * grid[0] * grid[1], fc6_width), nn.BatchNorm1d(fc6_width),
+                                 nn.ReLU())
+        self.input_size = (height, width)
+        self.resize_input = resize_input
+        self.out_dim = fc6_width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            if not self.resize_input:
+                height, width = self.input_size
+                raise ValueError(
+                    f"alexnet_half was built for {height}x{width} inputs (fc6 takes the flattened conv5 grid), "
+                    f"got {x.shape[-2]}x{x.shape[-1]}; build it for that size (at least "
+                    f"{ALEXNET_HALF_MIN_SIZE}x{ALEXNET_HALF_MIN_SIZE}) or set its option resize_input"
+                )
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        return self.fc6(self.features(x).flatten(1))
+
+
+@BACKBONES.register("alexnet_half", "CMC/MetAug half AlexNet (conv1-5 + fc6, 2048 features), 224x224 inputs")
+def alexnet_half(
+    input_shape: tuple[int, int, int], fc6_width: int = 2048, resize_input: bool = False
+) -> AlexNetHalf:
+    """``fc6_width``: features (fc6 units); ``resize_input``: resize inputs of another size to
+    the built one instead of failing."""
+    (fc6_width,) = _positive_ints("fc6_width", [fc6_width])
+    return AlexNetHalf(input_shape, fc6_width, _check_flag("resize_input", resize_input))
+
+
+LAB_VIEWS = ("L", "ab", "ori")  # channel 0, channels 1-2, all three channels of a Lab image
+LAB_VIEW_CHANNELS = ((0, 1), (1, 3), (0, 3))  # [start, stop) of each view
+
+
+class LabSplit(nn.Module):
+    """One independent encoder per channel view of a 3-channel (normalised Lab) image: ``L``
+    (channel 0), ``ab`` (channels 1-2), ``ori`` (all three), as in CMC and MetAug.
+
+    ``encoders``: three modules with an ``out_dim``, taking 1, 2 and 3 channels. ``forward``:
+    ``x: (B, 3, H, W) -> (B, sum of out_dims)``, the per-view features concatenated in
+    :data:`LAB_VIEWS` order (what evaluation and probes see).
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(encoders) != len(LAB_VIEWS):
+            raise ValueError(f"LabSplit needs one encoder per view {LAB_VIEWS}, got {len(encoders)}")
+        self.encoders = nn.ModuleList(encoders)
+        self.view_dims = tuple(int(encoder.out_dim) for encoder in encoders)
+        self.out_dim = sum(self.view_dims)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x: (B, 3, H, W)`` -> the views ``(B, 1, H, W)``, ``(B, 2, H, W)``, ``(B, 3, H, W)``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"lab_split needs (B, 3, H, W) images, got shape {tuple(x.shape)}")
+        return tuple(x[:, start:stop] for start, stop in LAB_VIEW_CHANNELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([encoder(view) for encoder, view in zip(self.encoders, self.split(x))], dim=1)
+
+
+@BACKBONES.register("lab_split", "L / ab / Lab views of a Lab image, one encoder each, features concatenated")
+def lab_split(
+    input_shape: tuple[int, int, int], encoder: str = "alexnet_half", encoder_options: dict | None = None
+) -> LabSplit:
+    """``encoder``: the backbone built for each view (``(1|2|3, H, W)`` inputs) with the options
+    ``encoder_options``; features are three times the encoder's."""
+    channels, height, width = input_shape
+    if channels != 3:
+        raise ValueError(f"backbone 'lab_split' splits 3-channel (Lab) images into L / ab / all views, "
+                         f"got {channels} channel(s)")
+    if encoder == "lab_split":
+        raise ValueError("backbone option 'encoder' of lab_split cannot be lab_split")
+    options = {} if encoder_options is None else encoder_options
+    if not isinstance(options, dict):
+        raise ValueError(f"backbone option 'encoder_options' must be a mapping of '{encoder}' options, got {options!r}")
+    encoders = []
+    for view, (start, stop) in zip(LAB_VIEWS, LAB_VIEW_CHANNELS):
+        try:
+            encoders.append(build_backbone(encoder, (stop - start, height, width), **options))
+        except ValueError as err:
+            raise ValueError(f"lab_split's {view} encoder: {err}") from None
+    return LabSplit(encoders)
