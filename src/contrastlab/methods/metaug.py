@@ -45,8 +45,9 @@ only (the meta-gradient is not synchronised across ranks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -152,24 +153,29 @@ class Objective(NamedTuple):
     oucl: Tensor  # OUCL of the original pair, scalar
     aug: Tensor  # sum of the three augmented OUCL terms, scalar
     margin: Tensor  # margin-injection regulariser, scalar
-    features: Tensor  # (2B, D) backbone output, view 1's rows first
+    features: Tensor  # (B, D) backbone output of view 1
     original: tuple[Tensor, Tensor]  # (2B, 1), (2B, 2B - 2) scores of (z1, z2)
     generated: tuple[Tensor, Tensor]  # (2B, 3), (2B, 3 (2B - 2)) scores of the augmented pairs
 
 
-@METHODS.register("metaug", "MetAug: OUCL with meta-learned feature-augmentation generators (Li et al., 2022)")
-class MetAug(Method):
-    Config = MetAugConfig
+class GeneratorMetaLearning(Method):
+    """What both forms of MetAug share: one feature generator per view (``MLPHead`` ``P -> H ->
+    H -> P``, BN and ReLU inside), stepped by their own ``torch.optim.SGD`` (momentum buffers as
+    the module's extra state) with the meta-gradient of the method's objective through one
+    virtual plain gradient step of the encoder, and the training step around it.
 
-    def __init__(self, cfg: MetAugConfig, backbone: nn.Module) -> None:
-        super().__init__(cfg, backbone)
-        check_config(cfg)
-        if rank_and_world()[1] > 1:
-            raise ValueError("method.name=metaug trains in one process only: its generators' meta-gradient "
-                             "is not synchronised across ranks")
-        self.projector = self.make_projector()
+    A subclass builds its encoder and calls :meth:`build_generators`, names its encoder parts in
+    ``ENCODER_PARTS`` and implements :meth:`prepare`; :meth:`finish_step` is an optional hook.
+    Its objective returns a NamedTuple with ``total``, ``oucl``, ``aug``, ``margin``, ``features``
+    (``(B, D)``, logged) and the ``original`` / ``generated`` score pairs (positives, negatives).
+    """
+
+    ENCODER_PARTS: tuple[str, ...] = ()
+
+    def build_generators(self, count: int) -> None:
+        cfg = self.cfg
         dim = cfg.proj_out_dim
-        self.generators = nn.ModuleList(MLPHead(dim, cfg.gen_hidden_dim, dim, num_layers=3) for _ in range(2))
+        self.generators = nn.ModuleList(MLPHead(dim, cfg.gen_hidden_dim, dim, num_layers=3) for _ in range(count))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.generator_optimizer = torch.optim.SGD(
             self.generators.parameters(), lr=cfg.gen_lr, momentum=cfg.gen_momentum, weight_decay=cfg.gen_weight_decay
@@ -187,16 +193,86 @@ class MetAug(Method):
     def set_extra_state(self, state: Tensor) -> None:
         restore_momentum_buffers(self.generator_optimizer, self.outer_parameters(), state, "the generators")
 
-    # ------------------------------------------------------------------ the network
+    # ------------------------------------------------------------------ parameters
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
-        """``theta``: backbone and projector parameters that require grad."""
-        return encoder_parameters(self, ENCODER_PARTS)
+        """``theta``: the parameters of ``ENCODER_PARTS`` that require grad."""
+        return encoder_parameters(self, self.ENCODER_PARTS)
 
     def generator_parameters(self, detach: bool = False) -> dict[str, Tensor]:
         """``omega`` by name as in ``self.named_parameters()``, optionally detached."""
         return {name: p.detach() if detach else p for name, p in self.named_parameters()
                 if name.startswith("generators.")}
 
+    # ------------------------------------------------------------------ the step
+    def prepare(self, step: StepInput) -> Callable[..., Any]:
+        """The step's objective as a function ``(omega, theta=None) -> Objective`` (``theta``
+        None: the module's own encoder weights), with the step's inputs fixed."""
+        raise NotImplementedError
+
+    def finish_step(self, step: StepInput, terms: Any) -> None:
+        """Called at the end of every training step with the real forward's terms."""
+
+    def _step_generators(self, grads: list[Tensor]) -> None:
+        for p, g in zip(self.outer_parameters(), grads):
+            p.grad = g
+        self.generator_optimizer.step()
+        self.generator_optimizer.zero_grad(set_to_none=True)
+
+    def training_step(self, step: StepInput) -> dict[str, Tensor]:
+        cfg = self.cfg
+        meta = cfg.meta_order != "none" and int(self.steps_done) % cfg.meta_every == 0
+        unrolled = meta and needs_differentiable_inner_grads(cfg.meta_order, cfg.second_order)
+        self.steps_done += 1
+        objective = self.prepare(step)
+        # the real forward sees the generators as constants unless the unrolled meta-gradient needs g(omega)
+        terms = objective(self.generator_parameters(detach=not unrolled))
+        with torch.no_grad():
+            (orig_pos, orig_neg), (gen_pos, gen_neg) = terms.original, terms.generated
+            out = {
+                "loss": terms.total,
+                "features": terms.features.detach(),
+                "loss_oucl": terms.oucl.detach(),
+                "loss_aug": terms.aug.detach(),
+                "loss_margin": terms.margin.detach(),
+                "positive_score_original": orig_pos.mean(),
+                "positive_score_generated": gen_pos.mean(),
+                "hardest_negative_original": orig_neg.amax(1).mean(),
+                "hardest_negative_generated": gen_neg.amax(1).mean(),
+            }
+        if meta:
+            theta = self.encoder_parameters()
+
+            def loss_at(params: Params) -> Tensor:
+                return objective(self.generator_parameters(), params).total
+
+            grads = inner_gradients(terms.total, theta, create_graph=unrolled)
+            result = meta_gradient(
+                self.outer_parameters(), theta, inner_loss=loss_at, outer_loss=loss_at, step=cfg.inner_lr,
+                order=cfg.meta_order, second_order=cfg.second_order, inner_grads=grads,
+            )
+            self._step_generators(result.outer_grads)
+            out["loss"] = surrogate_loss(terms.total, theta, result.inner_grads)
+            out["meta_outer_loss"] = result.outer_loss
+            out["gen_grad_norm"] = torch.stack([g.norm() for g in result.outer_grads]).norm()
+        self.finish_step(step, terms)
+        return out
+
+
+@METHODS.register("metaug", "MetAug: OUCL with meta-learned feature-augmentation generators (Li et al., 2022)")
+class MetAug(GeneratorMetaLearning):
+    Config = MetAugConfig
+    ENCODER_PARTS = ENCODER_PARTS
+
+    def __init__(self, cfg: MetAugConfig, backbone: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        check_config(cfg)
+        if rank_and_world()[1] > 1:
+            raise ValueError("method.name=metaug trains in one process only: its generators' meta-gradient "
+                             "is not synchronised across ranks")
+        self.projector = self.make_projector()
+        self.build_generators(2)
+
+    # ------------------------------------------------------------------ the network
     def objective(self, x: Tensor, omega: Params, theta: Params | None = None) -> Objective:
         """``L`` on ``x: (2B, C, H, W)`` (view 1 then view 2) with generator weights ``omega``, at
         the module's encoder weights (a real forward) or at ``theta``."""
@@ -216,47 +292,8 @@ class MetAug(Method):
         aug = sum(contrast(s) for s in augmented)
         margin = margin_injection(*original, *generated, cfg.margin, cfg.margin_positive_scale, cfg.detach_margins)
         total = base + cfg.aug_weight * aug + cfg.margin_weight * margin
-        return Objective(total, base, aug, margin, features, original, generated)
+        return Objective(total, base, aug, margin, features[: z1.shape[0]], original, generated)
 
-    # ------------------------------------------------------------------ the step
-    def _step_generators(self, grads: list[Tensor]) -> None:
-        for p, g in zip(self.outer_parameters(), grads):
-            p.grad = g
-        self.generator_optimizer.step()
-        self.generator_optimizer.zero_grad(set_to_none=True)
-
-    def training_step(self, step: StepInput) -> dict[str, Tensor]:
-        order = self.cfg.meta_order
-        meta = order != "none" and int(self.steps_done) % self.cfg.meta_every == 0
-        unrolled = meta and needs_differentiable_inner_grads(order, self.cfg.second_order)
-        self.steps_done += 1
+    def prepare(self, step: StepInput) -> Callable[..., Objective]:
         x = torch.cat(step.views)
-        # the real forward sees the generators as constants unless the unrolled meta-gradient needs g(omega)
-        terms = self.objective(x, self.generator_parameters(detach=not unrolled))
-        with torch.no_grad():
-            (orig_pos, orig_neg), (gen_pos, gen_neg) = terms.original, terms.generated
-            out = {
-                "loss": terms.total,
-                "features": terms.features[: terms.features.shape[0] // 2].detach(),
-                "loss_oucl": terms.oucl.detach(),
-                "loss_aug": terms.aug.detach(),
-                "loss_margin": terms.margin.detach(),
-                "positive_score_original": orig_pos.mean(),
-                "positive_score_generated": gen_pos.mean(),
-                "hardest_negative_original": orig_neg.amax(1).mean(),
-                "hardest_negative_generated": gen_neg.amax(1).mean(),
-            }
-        if meta:
-            theta = self.encoder_parameters()
-            grads = inner_gradients(terms.total, theta, create_graph=unrolled)
-            result = meta_gradient(
-                self.outer_parameters(), theta,
-                inner_loss=lambda params: self.objective(x, self.generator_parameters(), params).total,
-                outer_loss=lambda params: self.objective(x, self.generator_parameters(), params).total,
-                step=self.cfg.inner_lr, order=order, second_order=self.cfg.second_order, inner_grads=grads,
-            )
-            self._step_generators(result.outer_grads)
-            out["loss"] = surrogate_loss(terms.total, theta, result.inner_grads)
-            out["meta_outer_loss"] = result.outer_loss
-            out["gen_grad_norm"] = torch.stack([g.norm() for g in result.outer_grads]).norm()
-        return out
+        return lambda omega, theta=None: self.objective(x, omega, theta)

@@ -57,7 +57,7 @@ Single process only (the meta-gradient and the banks are not synchronised across
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -68,19 +68,9 @@ from torch import Tensor, nn
 from contrastlab.engine.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods import METHODS
-from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import (
-    Params,
-    encoder_parameters,
-    forward_at,
-    inner_gradients,
-    meta_gradient,
-    momentum_buffers,
-    needs_differentiable_inner_grads,
-    restore_momentum_buffers,
-    surrogate_loss,
-)
-from contrastlab.methods.metaug import MetAugConfig
+from contrastlab.methods.base import StepInput
+from contrastlab.methods.meta import Params, forward_at
+from contrastlab.methods.metaug import GeneratorMetaLearning, MetAugConfig
 from contrastlab.methods.metaug import check_config as check_metaug_config
 from contrastlab.models.backbones import LAB_VIEWS, LabSplit
 from contrastlab.models.heads import MLPHead
@@ -89,8 +79,6 @@ from contrastlab.models.heads import MLPHead
 # ab->M_L, L->M_ab, ori->M_L, L->M_ori, ab->M_ori, ori->M_ab (views indexed as LAB_VIEWS).
 PAIRS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 2), (2, 1))
 NUM_CALLS = 5  # contrast calls per objective: original, one per single generator, all generators
-ENCODER_PARTS = ("backbone", "projectors")
-
 
 @dataclass
 class MetAugLabConfig(MetAugConfig):
@@ -165,8 +153,9 @@ class Objective(NamedTuple):
 
 @METHODS.register("metaug_lab", "MetAug as in its official code: Lab views of one crop, memory banks, "
                                 "meta-learned generators (Li et al., 2022)")
-class MetAugLab(Method):
+class MetAugLab(GeneratorMetaLearning):
     Config = MetAugLabConfig
+    ENCODER_PARTS = ("backbone", "projectors")
 
     def __init__(self, cfg: MetAugLabConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
@@ -183,36 +172,11 @@ class MetAugLab(Method):
         dim = cfg.proj_out_dim
         self.projectors = nn.ModuleList(MLPHead(d, cfg.proj_hidden_dim, dim, cfg.proj_layers)
                                         for d in backbone.view_dims)
-        self.generators = nn.ModuleList(MLPHead(dim, cfg.gen_hidden_dim, dim, num_layers=3) for _ in LAB_VIEWS)
+        self.build_generators(len(LAB_VIEWS))
         bound = 1 / math.sqrt(dim / 3)  # rows of expected squared norm 1
         self.register_buffer("banks", torch.empty(len(LAB_VIEWS), cfg.bank_size, dim).uniform_(-bound, bound))
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
-        self.generator_optimizer = torch.optim.SGD(
-            self.generators.parameters(), lr=cfg.gen_lr, momentum=cfg.gen_momentum, weight_decay=cfg.gen_weight_decay
-        )
-
-    # ------------------------------------------------------------------ trainer hooks
-    def outer_parameters(self) -> list[nn.Parameter]:
-        return list(self.generators.parameters())
-
-    def get_extra_state(self) -> Tensor:
-        """The generators' SGD momentum buffers, flattened in parameter order (empty before their
-        first step)."""
-        return momentum_buffers(self.generator_optimizer, self.outer_parameters())
-
-    def set_extra_state(self, state: Tensor) -> None:
-        restore_momentum_buffers(self.generator_optimizer, self.outer_parameters(), state, "the generators")
 
     # ------------------------------------------------------------------ the network
-    def encoder_parameters(self) -> dict[str, nn.Parameter]:
-        """``theta``: the three encoders' and projectors' parameters that require grad."""
-        return encoder_parameters(self, ENCODER_PARTS)
-
-    def generator_parameters(self, detach: bool = False) -> dict[str, Tensor]:
-        """``omega`` by name as in ``self.named_parameters()``, optionally detached."""
-        return {name: p.detach() if detach else p for name, p in self.named_parameters()
-                if name.startswith("generators.")}
-
     def objective(self, views: Sequence[Tensor], index: Tensor, negatives: Tensor, omega: Params,
                   theta: Params | None = None) -> Objective:
         """``L`` on the views ``(B, 1|2|3, H, W)`` of one crop, ``index: (B,)`` their bank rows,
@@ -273,55 +237,13 @@ class MetAugLab(Method):
             self.banks[v, index] = F.normalize(mixed, dim=1)
 
     # ------------------------------------------------------------------ the step
-    def _step_generators(self, grads: list[Tensor]) -> None:
-        for p, grad in zip(self.outer_parameters(), grads):
-            p.grad = grad
-        self.generator_optimizer.step()
-        self.generator_optimizer.zero_grad(set_to_none=True)
-
-    def training_step(self, step: StepInput) -> dict[str, Tensor]:
-        """One step on ``step.views[0]`` (the second view is ignored) with the bank rows
-        ``step.batch["index"]``. Returns the loss (the surrogate when the meta step runs),
-        ``features: (B, 3 D)`` detached, the loss terms, and the mean positive score and
-        hardest negative of the original call and of the all-generators call (``*_generated``:
-        every anchor generated), plus ``meta_outer_loss`` and ``gen_grad_norm`` on meta steps.
-        """
-        order = self.cfg.meta_order
-        meta = order != "none" and int(self.steps_done) % self.cfg.meta_every == 0
-        unrolled = meta and needs_differentiable_inner_grads(order, self.cfg.second_order)
-        self.steps_done += 1
+    def prepare(self, step: StepInput) -> Callable[..., Objective]:
+        """One crop split into its views, its bank rows and one draw of negatives, fixed for the
+        step (the meta step differentiates this one objective)."""
         views = self.backbone.split(step.views[0])
         index = self.bank_rows(step)
         negatives = self.draw_negatives(index.shape[0], step.generator)
-        # the real forward sees the generators as constants unless the unrolled meta-gradient needs g(omega)
-        terms = self.objective(views, index, negatives, self.generator_parameters(detach=not unrolled))
-        with torch.no_grad():
-            (orig_pos, orig_neg), (gen_pos, gen_neg) = terms.original, terms.generated
-            out = {
-                "loss": terms.total,
-                "features": terms.features.detach(),
-                "loss_oucl": terms.oucl.detach(),
-                "loss_aug": terms.aug.detach(),
-                "loss_margin": terms.margin.detach(),
-                "positive_score_original": orig_pos.mean(),
-                "positive_score_generated": gen_pos.mean(),
-                "hardest_negative_original": orig_neg.amax(1).mean(),
-                "hardest_negative_generated": gen_neg.amax(1).mean(),
-            }
-        if meta:
-            theta = self.encoder_parameters()
+        return lambda omega, theta=None: self.objective(views, index, negatives, omega, theta)
 
-            def loss_at(params: dict[str, Tensor]) -> Tensor:
-                return self.objective(views, index, negatives, self.generator_parameters(), params).total
-
-            grads = inner_gradients(terms.total, theta, create_graph=unrolled)
-            result = meta_gradient(
-                self.outer_parameters(), theta, inner_loss=loss_at, outer_loss=loss_at,
-                step=self.cfg.inner_lr, order=order, second_order=self.cfg.second_order, inner_grads=grads,
-            )
-            self._step_generators(result.outer_grads)
-            out["loss"] = surrogate_loss(terms.total, theta, result.inner_grads)
-            out["meta_outer_loss"] = result.outer_loss
-            out["gen_grad_norm"] = torch.stack([g.norm() for g in result.outer_grads]).norm()
-        self.update_banks(index, terms.projections)
-        return out
+    def finish_step(self, step: StepInput, terms: Objective) -> None:
+        self.update_banks(self.bank_rows(step), terms.projections)
