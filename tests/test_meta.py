@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastlab.engine.optim import LARS, parameter_groups
 from contrastlab.losses.logsumexp import log_softmax
 from contrastlab.methods.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
 
@@ -212,6 +213,31 @@ def test_virtual_step_matches_a_real_sgd_step(warm):
     for name, p in theta.items():
         torch.testing.assert_close(stepped[name], p.detach(), rtol=1e-13, atol=1e-15)
     assert torch.equal(stepped["0.bias"], before["0.bias"])
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first-step", "with-buffers"])
+def test_virtual_step_matches_a_real_lars_step(warm):
+    """Weights adapted and decayed, biases / norms plain momentum (the project's LARS groups)."""
+    torch.manual_seed(1)
+    encoder = make_encoder(batchnorm=True)
+    optimizer = LARS(parameter_groups(encoder.parameters(), weight_decay=0.05), lr=0.7, momentum=0.9, trust=0.02)
+    x = torch.randn(BATCH, IN, dtype=torch.float64)
+    if warm:
+        encoder(x).sin().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    theta = dict(encoder.named_parameters())
+    grads = inner_gradients(encoder(x).pow(2).mean(), theta, create_graph=False)
+    step = SGDStep.like(optimizer, theta, grads)
+    assert set(step.scale) == {name for name, p in theta.items() if p.ndim > 1}
+    stepped = step.virtual_step(theta, grads)
+    for name, p in theta.items():
+        p.grad = grads[name]
+    optimizer.step()
+    for name, p in theta.items():
+        torch.testing.assert_close(stepped[name], p.detach(), rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="needs the gradient its trust ratios"):
+        SGDStep.like(optimizer, theta)
 
 
 def test_virtual_step_is_differentiable_in_params_and_grads():

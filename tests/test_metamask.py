@@ -173,9 +173,11 @@ def test_meta_gradient_orders_against_finite_differences_of_the_unrolled_objecti
     assert second_order_term > 0.05 * grads["second"].norm()
 
 
-def test_virtual_step_is_the_real_sgd_step_with_momentum_and_weight_decay():
+@pytest.mark.parametrize("optimizer_name", ["sgd", "lars"])
+def test_virtual_step_is_the_real_optimizer_step_with_momentum_and_weight_decay(optimizer_name):
+    """The outer loss is evaluated at the weights the real optimiser step then produces."""
     method = make_method(meta_order="first")
-    cfg = OptimConfig(name="sgd", lr=LR, momentum=0.9, weight_decay=0.05)
+    cfg = OptimConfig(name=optimizer_name, lr=LR, momentum=0.9, weight_decay=0.05)
     optimizer = build_optimizer(method, cfg, exclude=method.outer_parameters())
     method.attach_optimizer(optimizer)
     trainer_step(method, optimizer, make_views(seed=2))  # fills the momentum buffers
@@ -189,7 +191,7 @@ def test_virtual_step_is_the_real_sgd_step_with_momentum_and_weight_decay():
 
     adam = torch.optim.Adam(list(method.encoder_parameters().values()), lr=0.01)
     method.attach_optimizer(adam)
-    step = method.virtual_step(method.encoder_parameters())
+    step = method.virtual_step(method.encoder_parameters(), {})
     assert isinstance(step, SGDStep) and step.lr == 0.01 and step.momentum == 0 and not step.momentum_buffers
 
 

@@ -38,11 +38,7 @@ class LARS(torch.optim.Optimizer):
                     continue
                 g = w.grad
                 if group["lars_adapt"]:
-                    wd = group["weight_decay"]
-                    w_norm, g_norm = w.norm(), g.norm()
-                    trust = group["trust"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    g = (g + wd * w) * trust
+                    g = (g + group["weight_decay"] * w) * lars_trust_ratio(w, g, group)
                 buf = self.state[w].get("momentum_buffer")
                 if buf is None:
                     buf = self.state[w]["momentum_buffer"] = g.clone()
@@ -50,6 +46,14 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(g)
                 w.add_(buf, alpha=-group["lr"])
         return loss
+
+
+def lars_trust_ratio(w: torch.Tensor, g: torch.Tensor, group: dict) -> torch.Tensor:
+    """LARS' factor on ``g + wd * w`` for one tensor (a 0-dim tensor): ``trust * ||w|| / (||g||
+    + wd * ||w|| + eps)``, or 1 when ``||w||`` or ``||g||`` is 0 (``group``: its param group)."""
+    w_norm, g_norm = w.norm(), g.norm()
+    ratio = group["trust"] * w_norm / (g_norm + group["weight_decay"] * w_norm + group["eps"])
+    return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
 
 
 def trainable(model: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> list[nn.Parameter]:

@@ -46,6 +46,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
+from contrastlab.engine.optim import LARS, lars_trust_ratio
 from contrastlab.models.batchnorm import batch_statistics_only
 
 MetaOrder = Literal["second", "first", "finite_difference"]
@@ -95,21 +96,22 @@ def _per_parameter(setting: str, value: float | Mapping[str, float], name: str) 
 
 @dataclass(frozen=True, eq=False)
 class SGDStep:
-    """One plain SGD step (heavy-ball momentum, L2 weight decay, no dampening/Nesterov), the
-    update rule of ``torch.optim.SGD``:
+    """One heavy-ball step (no dampening/Nesterov), the update rule of ``torch.optim.SGD`` and,
+    with ``scale``, of :class:`~contrastlab.engine.optim.LARS`:
 
-        d = g + weight_decay * theta;  buf = momentum * buf_prev + d;  theta+ = theta - lr * buf
+        d = scale * (g + weight_decay * theta);  buf = momentum * buf_prev + d;  theta+ = theta - lr * buf
 
-    ``momentum`` and ``weight_decay`` are one value or one per parameter name (param groups);
-    ``momentum_buffers`` maps names to ``buf_prev`` (same shape as the parameter); a name
-    without a buffer steps with ``buf = d``, as SGD's first step does. Build it from a real
-    optimiser with :meth:`like`.
+    ``momentum``, ``weight_decay`` and ``scale`` are one value or one per parameter name
+    (``scale`` defaults to 1: LARS' trust ratios, held fixed); ``momentum_buffers`` maps names to
+    ``buf_prev`` (same shape as the parameter); a name without a buffer steps with ``buf = d``,
+    as the optimiser's first step does. Build it from a real optimiser with :meth:`like`.
     """
 
     lr: float
     momentum: float | Mapping[str, float] = 0.0
     weight_decay: float | Mapping[str, float] = 0.0
     momentum_buffers: Mapping[str, Tensor] = field(default_factory=dict)
+    scale: Mapping[str, Tensor | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -121,19 +123,24 @@ class SGDStep:
                 raise ValueError(f"SGDStep.{setting} must be >= 0, got {value}")
 
     @classmethod
-    def like(cls, optimizer: torch.optim.Optimizer, params: Params) -> SGDStep:
-        """The step that ``optimizer`` (a ``torch.optim.SGD``) would take next on ``params``:
-        its current lr, each parameter's group momentum and weight decay, and its momentum
-        buffers. The buffers are the optimiser's own tensors (not copies): use the result
-        before the optimiser steps again. The optimiser's state is not modified.
+    def like(cls, optimizer: torch.optim.Optimizer, params: Params, grads: Grads | None = None) -> SGDStep:
+        """The step that ``optimizer`` would take next on ``params``: its current lr, each
+        parameter's group momentum and weight decay, and its momentum buffers (the optimiser's
+        own tensors, not copies: use the result before the optimiser steps again; its state is
+        not modified). ``torch.optim.SGD``: exact. ``LARS``: exact for the gradient ``grads``
+        (required) the trust ratios are computed from; the virtual step holds those ratios fixed,
+        so its derivative w.r.t. the gradient is that of a step with per-tensor learning rates.
         """
-        if not isinstance(optimizer, torch.optim.SGD):
-            raise ValueError(f"SGDStep.like needs a torch.optim.SGD, got {type(optimizer).__name__}")
+        if not isinstance(optimizer, (torch.optim.SGD, LARS)):
+            raise ValueError(f"SGDStep.like needs a torch.optim.SGD or LARS, got {type(optimizer).__name__}")
+        if isinstance(optimizer, LARS) and grads is None:
+            raise ValueError("SGDStep.like(LARS) needs the gradient its trust ratios are computed from")
         group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         lrs: dict[str, float] = {}
         momentum: dict[str, float] = {}
         weight_decay: dict[str, float] = {}
         buffers: dict[str, Tensor] = {}
+        scale: dict[str, Tensor] = {}
         for name, param in params.items():
             group = group_of.get(id(param))
             if group is None:
@@ -148,12 +155,18 @@ class SGDStep:
             buffer = optimizer.state.get(param, {}).get("momentum_buffer")
             if buffer is not None:
                 buffers[name] = buffer
+            grad = None if grads is None else grads.get(name)
+            if isinstance(optimizer, LARS) and grad is not None:
+                if group["lars_adapt"]:
+                    scale[name] = lars_trust_ratio(param.detach(), grad.detach(), group)
+                else:  # a plain momentum step on g: no adaptation, no decay
+                    weight_decay[name] = 0.0
         if not lrs:
             raise ValueError("params is empty")
         if len(set(lrs.values())) > 1:
             raise ValueError(f"the param groups of these parameters have different learning rates {lrs}; "
                              "the virtual step takes one lr")
-        return cls(next(iter(lrs.values())), momentum, weight_decay, buffers)
+        return cls(next(iter(lrs.values())), momentum, weight_decay, buffers, scale)
 
     def virtual_step(self, params: Params, grads: Grads) -> dict[str, Tensor]:
         """``theta+`` for every name of ``params`` (a new dict, tensors of the same shapes). A
@@ -174,6 +187,8 @@ class SGDStep:
             weight_decay = _per_parameter("weight_decay", self.weight_decay, name)
             if weight_decay:
                 direction = direction + weight_decay * theta
+            if name in self.scale:
+                direction = direction * self.scale[name]
             buffer = self.momentum_buffers.get(name)
             momentum = _per_parameter("momentum", self.momentum, name)
             if buffer is not None and momentum:

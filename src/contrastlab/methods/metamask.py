@@ -6,8 +6,9 @@ With backbone ``f``, mask ``M`` (``(D,)``, ``sigmoid(m)`` or ``m`` itself), mask
 minimises ``L = bt_weight * BT(z1, z2) + cl_weight * NT-Xent(c1, c2)``. The mask minimises the
 unrolled contrastive loss ``F(m) = NT-Xent(theta+(m); m)`` on the same batch, where
 ``theta+ = theta - lr * (dL/dtheta + ...)`` is the update the trainer's optimiser is about to
-make (:class:`SGDStep.like` for ``torch.optim.SGD``, the paper's optimiser; a plain gradient
-step with the optimiser's current lr otherwise, e.g. LARS or Adam). ``meta_order`` picks the
+make (:meth:`SGDStep.like`: exact for ``torch.optim.SGD``, the paper's optimiser, and for LARS
+with its trust ratios held fixed; a plain gradient step with the optimiser's current lr otherwise,
+e.g. Adam). ``meta_order`` picks the
 exact second-order meta-gradient, the first-order one, DARTS' finite differences (the
 reference's default) or ``"none"`` (not ``off``, which YAML reads as false): no meta step, the
 mask stays at its initial value (with a sigmoid, ``M = 0.5`` everywhere, which the heads'
@@ -54,10 +55,12 @@ from torch import Tensor, nn
 from contrastlab.config import MethodConfig
 from contrastlab.engine.distributed import rank_and_world
 from contrastlab.eval.diagnostics import effective_rank
+from contrastlab.engine.optim import LARS
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.meta import (
+    Grads,
     SecondOrder,
     Params,
     SGDStep,
@@ -210,14 +213,15 @@ class MetaMask(Method):
         return nt_xent(*forward_at(self.cl_head, "cl_head.", theta, masked).chunk(2), self.cfg.temperature)
 
     # ------------------------------------------------------------------ the step
-    def virtual_step(self, theta: Params) -> SGDStep:
-        """The update the attached optimiser is about to make on ``theta``: exact for
-        ``torch.optim.SGD``, else a plain gradient step with its current lr."""
+    def virtual_step(self, theta: Params, grads: Grads) -> SGDStep:
+        """The update the attached optimiser is about to make on ``theta`` with gradient
+        ``grads``: exact for ``torch.optim.SGD`` and LARS (:meth:`SGDStep.like`), else a plain
+        gradient step with its current lr."""
         optimizer = self.encoder_optimizer
         if optimizer is None:
             raise RuntimeError("MetaMask's meta step mimics the trainer's optimiser: call attach_optimizer first")
-        if isinstance(optimizer, torch.optim.SGD):
-            return SGDStep.like(optimizer, theta)
+        if isinstance(optimizer, (torch.optim.SGD, LARS)):
+            return SGDStep.like(optimizer, theta, grads)
         return SGDStep(lr=float(optimizer.param_groups[0]["lr"]))
 
     def _lr_ratio(self) -> float:
@@ -256,7 +260,7 @@ class MetaMask(Method):
                 [self.mask_parameter], theta,
                 inner_loss=lambda params: self.objective(x, self.mask(), params).total,
                 outer_loss=lambda params: self.contrastive_loss(x, params),
-                step=self.virtual_step(theta), order=order, second_order=self.cfg.second_order,
+                step=self.virtual_step(theta, grads), order=order, second_order=self.cfg.second_order,
                 inner_grads=grads, fd_radius=self.cfg.fd_radius,
             )
             self._step_mask(result.outer_grads[0])
