@@ -87,7 +87,8 @@ def main() -> None:
     rows = [{"variant": name, "recipe": variants[name][0], "overrides": variants[name][1],
              "seconds_per_step_median": statistics.median(t), "seconds_per_step_mean": statistics.mean(t),
              "ratio": statistics.mean(t) / base_mean, "ratio_median": statistics.median(t) / statistics.median(times[baseline]),
-             "images_per_s": cfg.train.batch_size / statistics.mean(t)} for name, t in times.items()]
+             "images_per_s": load_config(*variants[name]).train.batch_size / statistics.mean(t)}
+            for name, t in times.items()]
     command = "python benchmarks/step_time.py " + " ".join(
         [f"--base {args.base}", f"--steps {args.steps}", f"--warmup {args.warmup}", f"--repeats {args.repeats}"]
         + (["--out " + args.out] if args.out else []) + [f'"{v}"' for v in args.variants])
