@@ -1,10 +1,12 @@
-"""The in-memory dataset every loader returns, and the error type for bad data files."""
+"""The in-memory image dataset (the fast path for small data), and the error type for bad data files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from contrastlab.data.dataset import Batch, SampleKey
 
 
 class DataError(ValueError):
@@ -16,7 +18,8 @@ class DataError(ValueError):
 
 @dataclass
 class ImageData:
-    """One split of a dataset, held in memory.
+    """One split of an image dataset, held in memory; implements the dataset protocol
+    (:class:`~contrastlab.data.dataset.Dataset`) with a vectorised :meth:`get_batch` fast path.
 
     Attributes:
         name: dataset name (``"fashion-mnist"``, ``"spirograph"``, ...).
@@ -58,6 +61,28 @@ class ImageData:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def get_batch(self, index: torch.Tensor) -> Batch:
+        """The batch of the samples at ``index``: ``(B,)`` int64 (one gather per field):
+        ``{"inputs": (B, C, H, W) uint8, "index": (B,), "labels", "targets", extras}``."""
+        batch: Batch = {"inputs": self.images[index], "index": index}
+        if self.labels is not None:
+            batch["labels"] = self.labels[index]
+        if self.targets is not None:
+            batch["targets"] = self.targets[index]
+        batch.update({key: value[index] for key, value in self.extras.items()})
+        return batch
+
+    def __getitem__(self, key: int | SampleKey) -> Batch:
+        """One sample as a batch of one (the seed of a :class:`SampleKey` is not needed)."""
+        index = key.index if isinstance(key, SampleKey) else int(key)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name}: sample {index} out of range for {len(self)} samples")
+        return self.get_batch(torch.tensor([index % len(self)]))
+
+    def collate(self, samples: list[Batch]) -> Batch:
+        """Samples from :meth:`__getitem__` -> one batch (fields concatenated)."""
+        return {key: torch.cat([s[key] for s in samples]) for key in samples[0]}
 
     @property
     def num_classes(self) -> int | None:
