@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastlab.config import Config, ConfigError, load_config
+from contrastlab.core.config import Config, ConfigError, load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

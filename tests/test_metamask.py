@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from contrastlab.config import OptimConfig
+from contrastlab.core.config import OptimConfig
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.optim import build_optimizer
 from contrastlab.engine.trainer import Trainer

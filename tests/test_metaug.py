@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from contrastlab.config import OptimConfig
+from contrastlab.core.config import OptimConfig
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.optim import build_optimizer
 from contrastlab.engine.trainer import Trainer

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.config import OptimConfig
+from contrastlab.core.config import OptimConfig
 from contrastlab.engine.optim import build_optimizer, learning_rate
 
 

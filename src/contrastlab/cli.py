@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from contrastlab.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError, load_config
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
 

@@ -5,7 +5,7 @@ Every loader is registered in ``DATASETS`` with the signature
 """
 
 from contrastlab.data.base import DataError, ImageData
-from contrastlab.registry import Registry
+from contrastlab.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from contrastlab.config import Config, ConfigError
+from contrastlab.core.config import Config, ConfigError
 from contrastlab.data.base import ImageData
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device

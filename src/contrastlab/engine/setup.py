@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from contrastlab.config import Config, ConfigError, MethodConfig
+from contrastlab.core.config import Config, ConfigError, MethodConfig
 from contrastlab.data import DATASETS, ImageData
 from contrastlab.data.augment import build_views
 from contrastlab.data.preprocess import LabNormalize, Normalize, channel_stats

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from contrastlab.config import Config, save_config
+from contrastlab.core.config import Config, save_config
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import (
     DistEnv,

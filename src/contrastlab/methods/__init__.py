@@ -1,6 +1,6 @@
 """Methods: one module each, registered by name in ``METHODS``."""
 
-from contrastlab.registry import Registry
+from contrastlab.core.registry import Registry
 
 METHODS: Registry = Registry("method")
 

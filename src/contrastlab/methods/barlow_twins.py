@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.losses import barlow_twins_loss
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput

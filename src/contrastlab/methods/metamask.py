@@ -52,7 +52,7 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor, nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.engine.distributed import rank_and_world
 from contrastlab.eval.diagnostics import effective_rank
 from contrastlab.engine.optim import LARS

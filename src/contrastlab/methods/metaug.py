@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.engine.distributed import rank_and_world
 from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
 from contrastlab.methods import METHODS

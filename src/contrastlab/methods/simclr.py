@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.losses import nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from contrastlab.registry import suggest
+from contrastlab.core.registry import suggest
 
 
 class ConfigError(ValueError):
