@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from contrastlab.core.config import load_config
+from contrastlab.recipes import load_config
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 from report import write_results

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.core.config import load_config
+from contrastlab.recipes import load_config
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 

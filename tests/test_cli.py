@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from contrastlab.cli import main
 from contrastlab.engine.checkpoint import load_checkpoint
 from contrastlab.methods import METHODS
-from contrastlab.core.config import load_config
+from contrastlab.recipes import load_config
 from contrastlab.models import build_backbone
 from test_trainer import TINY
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from contrastlab.cli import main
-from contrastlab.core.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
+from contrastlab.recipes import load_config
 from contrastlab.data import DATASETS
 from contrastlab.data.augment import RandomResizedCropFlip, ViewPipeline
 from contrastlab.data.base import ImageData

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.core.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
+from contrastlab.recipes import load_config
 from contrastlab.data.augment import ColorJitter, RandomGrayscale, RandomResizedCropFlip, ViewPipeline
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from contrastlab.core.config import ConfigError, MethodConfig, load_config
+from contrastlab.core.config import ConfigError, MethodConfig
+from contrastlab.recipes import load_config
 from contrastlab.data.preprocess import LAB_MEAN, LAB_STD, LabNormalize, rgb_to_lab
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.setup import fill_train_sized_fields, load_data, make_method

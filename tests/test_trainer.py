@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from contrastlab.core.config import load_config
+from contrastlab.recipes import load_config
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.evaluation import evaluate_run

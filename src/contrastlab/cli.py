@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from contrastlab.core.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
+from contrastlab.recipes import load_config
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
 

@@ -3,7 +3,9 @@
 Every default lives in the dataclasses below. A recipe file sets any subset of the fields;
 ``a.b=value`` overrides (values parsed as YAML) are applied on top. Unknown keys and values
 of the wrong type are rejected with a message naming the dotted key and, for unknown keys,
-the nearest valid one.
+the nearest valid one. The method section is validated by its method's own config class,
+which the caller passes in (:func:`contrastlab.recipes.load_config` passes the registered
+methods').
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,8 +158,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate."""
+def read_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The nested dict of a YAML recipe (or ``{}`` for the defaults) with the ``a.b=value``
+    overrides applied, not yet validated (:func:`config_from_dict` does that)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -170,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -189,26 +193,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[last] = value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a nested dict into a :class:`Config` (the method section by its ``name``)."""
+def config_from_dict(raw: dict[str, Any], method_configs: Mapping[str, type[MethodConfig]]) -> Config:
+    """Validate a nested dict into a :class:`Config`; the method section by the config class
+    that ``method_configs`` (method name -> its :class:`MethodConfig` subclass) gives for its
+    ``name``."""
     raw = dict(raw)
     method_raw = raw.pop("method", None) or {}
     if not isinstance(method_raw, dict):
         raise ConfigError(f"method must be a mapping, got {method_raw!r}")
     cfg = _build(Config, raw, "")
-    cfg.method = _build(method_config_class(method_raw.get("name", "simclr")), method_raw, "method")
+    cfg.method = _build(method_config_class(method_raw.get("name", "simclr"), method_configs), method_raw, "method")
     return cfg
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    from contrastlab.methods import METHODS
-
-    if not isinstance(name, str) or name not in METHODS:
+def method_config_class(name: str, method_configs: Mapping[str, type[MethodConfig]]) -> type[MethodConfig]:
+    if not isinstance(name, str) or name not in method_configs:
+        names = sorted(method_configs)
         raise ConfigError(
-            f"method.name: unknown method {name!r}{suggest(str(name), METHODS.names())}; "
-            f"available: {', '.join(METHODS.names())}"
+            f"method.name: unknown method {name!r}{suggest(str(name), names)}; available: {', '.join(names)}"
         )
-    return METHODS.get(name).Config
+    return method_configs[name]
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
