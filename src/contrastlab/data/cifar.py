@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
+from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, find_subfolder, require_file, require_root, take_subset
 

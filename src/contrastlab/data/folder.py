@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contrastlab.data import DATASETS
+from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import require_root, subset_index
 

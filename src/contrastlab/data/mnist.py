@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
+from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, open_maybe_gzip, require_root, subset_index
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from contrastlab.data import DATASETS
+from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import ImageData
 from contrastlab.data.preprocess import Normalize
 

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.invariance import (
     Projection,

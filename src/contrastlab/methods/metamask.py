@@ -57,7 +57,7 @@ from contrastlab.engine.distributed import rank_and_world
 from contrastlab.eval.diagnostics import effective_rank
 from contrastlab.engine.optim import LARS
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.meta import (
     Grads,

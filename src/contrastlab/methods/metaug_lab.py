@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from contrastlab.engine.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.meta import Params, forward_at
 from contrastlab.methods.metaug import GeneratorMetaLearning, MetAugConfig

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from contrastlab.losses import contrastive_loss, queue_pairs
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.momentum import EMATeacher, cosine_momentum
 from contrastlab.methods.queue import FeatureQueue

@@ -12,7 +12,7 @@ import torch
 
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import nt_xent
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
 
 
