@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.engine.distributed import DistEnv
+from contrastlab.core.distributed import DistEnv
 from contrastlab.methods.queue import FeatureQueue
 from contrastlab.methods.shuffle_bn import shuffled_forward
 from multiproc import run_ranks

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastlab.core.config import MethodConfig
-from contrastlab.engine.distributed import rank_and_world
+from contrastlab.core.distributed import rank_and_world
 from contrastlab.eval.diagnostics import effective_rank
 from contrastlab.engine.optim import LARS
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab.core.config import MethodConfig
-from contrastlab.engine.distributed import rank_and_world
+from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastlab.engine.distributed import rank_and_world
+from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import StepInput
