@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.engine.optim import LARS, parameter_groups
+from contrastlab.core.optim import LARS, parameter_groups
 from contrastlab.losses.logsumexp import log_softmax
 from contrastlab.methods.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
 

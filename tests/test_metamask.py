@@ -11,7 +11,7 @@ import torch
 
 from contrastlab.core.config import OptimConfig
 from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.optim import build_optimizer
+from contrastlab.core.optim import build_optimizer
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import barlow_twins_loss, nt_xent
 from contrastlab.methods.base import StepInput

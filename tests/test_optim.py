@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from contrastlab.core.config import OptimConfig
-from contrastlab.engine.optim import build_optimizer, learning_rate
+from contrastlab.core.optim import build_optimizer, learning_rate
 
 
 def reference_lars_update(w, g, buf, lr, momentum, wd, trust, adapt):

@@ -16,7 +16,7 @@ from contrastlab.engine import checkpoint as ckpt
 from contrastlab.core.distributed import DistEnv, all_reduce_mean, shard_indices
 from contrastlab.engine.distributed import maybe_sync_batchnorm, wrap_ddp
 from contrastlab.engine.metrics import MetricsLogger
-from contrastlab.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from contrastlab.core.optim import build_optimizer, learning_rate, set_learning_rate
 from contrastlab.engine.setup import autocast_dtype, load_data, make_method, make_views, view_shape
 from contrastlab.methods.base import StepInput
 

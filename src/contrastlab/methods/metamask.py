@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from contrastlab.core.config import MethodConfig
 from contrastlab.core.distributed import rank_and_world
 from contrastlab.eval.diagnostics import effective_rank
-from contrastlab.engine.optim import LARS
+from contrastlab.core.optim import LARS
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
