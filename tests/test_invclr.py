@@ -17,7 +17,7 @@ from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import nt_xent
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import (
+from contrastlab.components.invariance import (
     directional_sensitivity,
     first_rows,
     lookup,

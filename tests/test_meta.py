@@ -12,7 +12,7 @@ from torch import nn
 
 from contrastlab.core.optim import LARS, parameter_groups
 from contrastlab.losses.logsumexp import log_softmax
-from contrastlab.methods.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
+from contrastlab.components.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
 
 BATCH, IN, HIDDEN, DIM = 8, 3, 6, 4
 LR = 0.5  # large, so the second-order term is a sizeable part of the meta-gradient

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from contrastlab.core.config import MethodConfig
-from contrastlab.models.heads import MLPHead
+from contrastlab.components.heads import MLPHead
 
 
 @dataclass

@@ -11,8 +11,8 @@ from contrastlab.core.config import MethodConfig
 from contrastlab.losses import byol_loss
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.momentum import EMATeacher, cosine_momentum
-from contrastlab.models.heads import MLPHead
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
+from contrastlab.components.heads import MLPHead
 
 
 @dataclass

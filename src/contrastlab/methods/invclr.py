@@ -37,7 +37,7 @@ from torch import nn
 
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import (
+from contrastlab.components.invariance import (
     Projection,
     directional_sensitivity,
     first_rows,

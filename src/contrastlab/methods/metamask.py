@@ -59,7 +59,7 @@ from contrastlab.core.optim import LARS
 from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import (
+from contrastlab.components.meta import (
     Grads,
     SecondOrder,
     Params,
@@ -73,7 +73,7 @@ from contrastlab.methods.meta import (
     restore_momentum_buffers,
     surrogate_loss,
 )
-from contrastlab.models.heads import MLPHead
+from contrastlab.components.heads import MLPHead
 
 MaskActivation = Literal["sigmoid", "none"]
 MetaMaskOrder = Literal["second", "first", "finite_difference", "none"]

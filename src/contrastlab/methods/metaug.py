@@ -58,7 +58,7 @@ from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import (
+from contrastlab.components.meta import (
     SecondOrder,
     Params,
     encoder_parameters,
@@ -70,7 +70,7 @@ from contrastlab.methods.meta import (
     restore_momentum_buffers,
     surrogate_loss,
 )
-from contrastlab.models.heads import MLPHead
+from contrastlab.components.heads import MLPHead
 
 MetAugOrder = Literal["second", "first", "none"]
 ENCODER_PARTS = ("backbone", "projector")

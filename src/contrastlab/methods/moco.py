@@ -11,9 +11,9 @@ from torch import nn
 from contrastlab.losses import contrastive_loss, queue_pairs
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.momentum import EMATeacher, cosine_momentum
-from contrastlab.methods.queue import FeatureQueue
-from contrastlab.methods.shuffle_bn import shuffled_forward
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
+from contrastlab.components.queue import FeatureQueue
+from contrastlab.components.shuffle_bn import shuffled_forward
 from contrastlab.methods.simclr import ContrastiveConfig
 
 
