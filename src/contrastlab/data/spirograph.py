@@ -17,6 +17,7 @@ import torch
 
 from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import ImageData
+from contrastlab.data.perturbation import check_strengths, register_perturbation
 from contrastlab.data.preprocess import Normalize
 
 FACTOR_NAMES = ("m", "b", "sigma", "f_r")
@@ -199,3 +200,30 @@ class SpirographViews:
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         return self.apply(batch, self.sample(batch, generator))
+
+
+# Robustness to test-time nuisance: the perturbation of Spirograph views, which
+# contrastlab.eval.robustness.perturbation_for finds through register_perturbation.
+BACKGROUND = tuple(NUISANCE_NAMES.index(name) for name in ("b_r", "b_g", "b_b"))
+
+
+@register_perturbation(SpirographViews)
+class BackgroundShift:
+    """Spirograph: re-render the test targets with fresh nuisance whose background colour
+    ranges ``(b_r, b_g, b_b)`` are shifted up by the strength ``s``: U(low + s, high + s); the
+    other nuisance keeps its training range. ``s = 0`` is a fresh draw from the training
+    distribution; ``s`` may go up to :attr:`max_strength`, where the colour reaches 1."""
+
+    name = "Spirograph background shift"
+    max_strength = 1.0 - max(NUISANCE_HIGH[i] for i in BACKGROUND)
+
+    def __init__(self, normalize: Normalize) -> None:
+        self.normalize = normalize
+
+    def __call__(self, strength: float) -> SpirographViews:
+        check_strengths([strength], self)
+        low, high = list(NUISANCE_LOW), list(NUISANCE_HIGH)
+        for i in BACKGROUND:
+            low[i] += strength
+            high[i] += strength
+        return SpirographViews(self.normalize, low, high)

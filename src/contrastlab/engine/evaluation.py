@@ -15,7 +15,8 @@ from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, m
 from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
-from contrastlab.eval.robustness import check_strengths, format_robustness, perturbation_for, robustness_curve
+from contrastlab.data.perturbation import check_strengths
+from contrastlab.eval.robustness import format_robustness, perturbation_for, robustness_curve
 from contrastlab.report.plots import plot_run
 
 EMBEDDING_PLOT_POINTS = 2000
