@@ -38,10 +38,13 @@ class BatchLoader:
         self.dataset, self.batch_keys = dataset, batch_keys
         self.loader: DataLoader | None = None
         if not hasattr(dataset, "get_batch"):
+            # A generator of its own: the DataLoader draws its workers' base seed from it, not
+            # from torch's global generator (which seeds the model's initialisation). Samples take
+            # their randomness from their keys, never from the worker's seed.
             self.loader = DataLoader(
                 dataset, batch_sampler=batch_keys, num_workers=num_workers, collate_fn=dataset.collate,
                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                prefetch_factor=4 if num_workers > 0 else None,
+                prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0),
             )
 
     def __iter__(self) -> Iterator[Batch]:
