@@ -23,9 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from contrastlab.components.invariance import directional_sensitivity
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
-from contrastlab.components.invariance import directional_sensitivity
 from contrastlab.models import build_backbone
 from report import write_results
 

@@ -8,15 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.core.config import ConfigError
-from contrastlab.recipes import load_config
-from contrastlab.data.augment import ColorJitter, RandomGrayscale, RandomResizedCropFlip, ViewPipeline
-from contrastlab.data.preprocess import Normalize
-from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
-from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.trainer import Trainer
-from contrastlab.losses import nt_xent
-from contrastlab.methods.base import StepInput
 from contrastlab.components.invariance import (
     directional_sensitivity,
     first_rows,
@@ -24,9 +15,18 @@ from contrastlab.components.invariance import (
     projected_sensitivity_reverse,
     replace,
 )
+from contrastlab.core.config import ConfigError
+from contrastlab.data.augment import ColorJitter, RandomGrayscale, RandomResizedCropFlip, ViewPipeline
+from contrastlab.data.preprocess import Normalize
+from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.trainer import Trainer
+from contrastlab.losses import nt_xent
+from contrastlab.methods.base import StepInput
 from contrastlab.methods.invclr import InvCLR, InvCLRConfig
 from contrastlab.models import build_backbone
 from contrastlab.models.batchnorm import batch_statistics_only
+from contrastlab.recipes import load_config
 
 SPIRO_NORM = Normalize([0.3, 0.3, 0.3], [0.25, 0.25, 0.25])
 
@@ -89,7 +89,7 @@ def test_colour_jitter_penalty_equals_the_reverse_mode_loop_reference():
                             Normalize([0.5] * 3, [0.25] * 3))
     encoder = SmoothEncoder(side=12)
     generator = torch.Generator().manual_seed(1)
-    batch = {"images": torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)}
+    batch = {"inputs": torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)}
     params = pipeline.sample(batch, generator)
     fresh = pipeline.sample(batch, generator)
     paths = ["jitter.brightness", "jitter.contrast", "jitter.saturation", "jitter.hue"]

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from contrastlab.core.config import ConfigError
-from contrastlab.recipes import load_config
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
+from contrastlab.recipes import load_config
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 

@@ -40,6 +40,11 @@ class DataConfig:
     test_size: int | None = None
     seed: int = 0
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
+    num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (worker processes), got {self.num_workers}")
 
 
 @dataclass

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import require_root, subset_index
+from contrastlab.data.registry import DATASETS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 GRAYSCALE_MODES = {"1", "L", "LA"}

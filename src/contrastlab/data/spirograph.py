@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from contrastlab.data.registry import DATASETS
 from contrastlab.data.base import ImageData
 from contrastlab.data.perturbation import check_strengths, register_perturbation
 from contrastlab.data.preprocess import Normalize
+from contrastlab.data.registry import DATASETS
 
 FACTOR_NAMES = ("m", "b", "sigma", "f_r")
 FACTOR_LOW = (2.0, 0.1, 0.25, 0.4)

@@ -9,8 +9,8 @@ from torch import nn
 
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import barlow_twins_loss
-from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import byol_loss
-from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.components.momentum import EMATeacher, cosine_momentum
-from contrastlab.components.heads import MLPHead
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass

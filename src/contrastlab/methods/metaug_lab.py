@@ -65,15 +65,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.meta import Params, forward_at
 from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
-from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import StepInput
-from contrastlab.components.meta import Params, forward_at
 from contrastlab.methods.metaug import GeneratorMetaLearning, MetAugConfig
 from contrastlab.methods.metaug import check_config as check_metaug_config
+from contrastlab.methods.registry import METHODS
 from contrastlab.models.backbones import LAB_VIEWS, LabSplit
-from contrastlab.components.heads import MLPHead
 
 # Directed view pairs (anchor view u, bank view w), u != w, in the official order:
 # ab->M_L, L->M_ab, ori->M_L, L->M_ori, ab->M_ori, ori->M_ab (views indexed as LAB_VIEWS).

@@ -12,8 +12,8 @@ import torch
 
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import nt_xent
-from contrastlab.methods.registry import METHODS
 from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass
