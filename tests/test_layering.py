@@ -174,6 +174,12 @@ def test_imports_point_down_the_layers():
     assert not violations, "imports against the layering:\n" + "\n".join(violations)
 
 
+def test_the_cycle_finder_names_a_shortest_cycle():
+    graph = {"a": {"b"}, "b": {"c", "a2"}, "a2": {"a"}, "c": {"a", "d"}, "d": set()}
+    assert strongly_connected(graph) == [["a", "a2", "b", "c"]]
+    assert shortest_cycle(graph, ["a", "a2", "b", "c"]) == ["a", "b", "a2", "a"]
+
+
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "contrastlab.engine.trainer" in graph["contrastlab.cli"]  # imported inside a function
