@@ -40,17 +40,135 @@ class DataConfig:
 
 
 @dataclass
+class ViewConfig:
+    """``count`` views made alike (one entry of ``augment.views``).
+
+    ``kind: transforms`` (the default) applies ``transforms`` in order, each a mapping
+    ``{name: <transform>, <argument>: <value>, ...}`` whose name is a key of
+    :data:`contrastlab.data.augment.TRANSFORMS` (``crop``, ``jitter``, ``gray``, ``blur``,
+    ``solarize``) and whose other keys are that class's constructor arguments. ``size`` is the
+    output side of the view's crop (``None`` = the image height; a view without a crop keeps the
+    input size). Other kinds are registered by datasets (``spirograph``: re-render with fresh
+    nuisance) and take no transforms.
+    """
+
+    count: int = 1
+    size: int | None = None
+    kind: str = "transforms"
+    transforms: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
 class AugmentConfig:
-    """The two contrastive views. ``None`` means the preset's own value."""
+    """The contrastive views.
+
+    ``views`` lists them (see :class:`ViewConfig`); ``None`` = the method's default views, made
+    from the preset fields below (``None`` there means the preset's own value; ``blur_prob`` and
+    ``solarize_prob`` give one probability per view of the pair).
+    """
 
     preset: str = "simclr-cifar"  # simclr-cifar | simclr-imagenet | byol | crop-only | spirograph
     size: int | None = None  # output size of the crop; None = the image size
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5  # horizontal flip in the crop (0 for digits and text)
     jitter_strength: float | None = None
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     blur_prob: tuple[float, float] | None = None  # per view
     solarize_prob: tuple[float, float] | None = None  # per view
+    views: tuple[ViewConfig, ...] | None = None
+
+    def __post_init__(self) -> None:
+        from contrastlab.data.augment import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"augment.preset: unknown preset {self.preset!r}{suggest(str(self.preset), list(PRESETS))}; "
+                              f"available: {', '.join(PRESETS)}")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"augment.size must be >= 1 (pixels) or null (the image size), got {self.size}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        if self.jitter_strength is not None and self.jitter_strength < 0:
+            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), got {self.jitter_strength}")
+        probabilities = {"flip_prob": self.flip_prob, "jitter_prob": self.jitter_prob, "gray_prob": self.gray_prob}
+        for key in ("blur_prob", "solarize_prob"):
+            for i, p in enumerate(getattr(self, key) or ()):
+                probabilities[f"{key}[{i}]"] = p
+        for key, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"augment.{key} must be a probability in [0, 1], got {p}")
+        if self.views is not None:
+            self.views = check_views(self.views, "augment.views")
+
+
+def check_views(views: typing.Sequence[ViewConfig], dotted: str) -> tuple[ViewConfig, ...]:
+    """Validate the views named ``dotted`` (``augment.views``, or a method's default views):
+    counts and sizes, view kinds, transform names and their arguments (converted to the
+    argument types, ranges checked by the transform's constructor). Returns the views with
+    typed transform arguments; raises :class:`ConfigError` naming the dotted key of the bad
+    value and what was expected."""
+    from contrastlab.data.augment import TRANSFORMS, VIEW_KINDS
+
+    if len(views) == 0:
+        raise ConfigError(f"{dotted} must list at least one view, or be null (the method's default views)")
+    checked = []
+    for i, view in enumerate(views):
+        key = f"{dotted}[{i}]"
+        if view.count < 1:
+            raise ConfigError(f"{key}.count must be >= 1 (views made alike), got {view.count}")
+        if view.size is not None and view.size < 1:
+            raise ConfigError(f"{key}.size must be >= 1 (pixels) or null (the image size), got {view.size}")
+        if view.kind not in VIEW_KINDS:
+            raise ConfigError(f"{key}.kind: unknown view kind {view.kind!r}{suggest(str(view.kind), list(VIEW_KINDS))}; "
+                              f"available: {', '.join(VIEW_KINDS)}")
+        if view.kind != "transforms" and view.transforms:
+            raise ConfigError(f"{key}.transforms: views of kind '{view.kind}' take no transforms")
+        transforms = tuple(_check_transform(t, f"{key}.transforms[{j}]", TRANSFORMS)
+                           for j, t in enumerate(view.transforms))
+        names = [t["name"] for t in transforms]
+        for j, name in enumerate(names):
+            if name in names[:j]:
+                raise ConfigError(f"{key}.transforms[{j}]: transform '{name}' appears twice in the view")
+        if view.kind == "transforms" and view.size is not None and not any(TRANSFORMS[n].set_by_view for n in names):
+            raise ConfigError(f"{key}.size={view.size} needs a 'crop' transform (without one the view keeps the "
+                              "input size); add {name: crop} or set size to null")
+        checked.append(dataclasses.replace(view, transforms=transforms))
+    return tuple(checked)
+
+
+def _check_transform(raw: dict[str, Any], dotted: str, table: dict[str, type]) -> dict[str, Any]:
+    """``raw = {"name": ..., **arguments}`` checked against the constructor of ``table[name]``."""
+    import inspect
+
+    name = raw.get("name")
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(f"{dotted}.name: unknown transform {name!r}{suggest(str(name), list(table))}; "
+                          f"available: {', '.join(table)}")
+    cls = table[name]
+    hints = typing.get_type_hints(cls.__init__)
+    parameters = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+                  if p.name not in cls.set_by_view]
+    valid = [p.name for p in parameters]
+    arguments = {}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        if key in cls.set_by_view:
+            view = dotted.rsplit(".transforms[", 1)[0]
+            raise ConfigError(f"{dotted}.{key}: set by the view ({view}.{key}), not by the transform")
+        if key not in valid:
+            raise ConfigError(f"unknown key '{dotted}.{key}'{suggest(str(key), valid)}; "
+                              f"transform '{name}' takes: {', '.join(valid)}")
+        arguments[key] = _convert(value, hints[key], f"{dotted}.{key}")
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in arguments]
+    if missing:
+        raise ConfigError(f"{dotted}: transform '{name}' needs {', '.join(missing)}")
+    try:
+        cls(**arguments, **{key: 1 for key in cls.set_by_view})  # the constructor checks the ranges
+    except ValueError as err:
+        raise ConfigError(f"{dotted}.{getattr(err, 'argument', 'name')}: {err}") from None
+    return {"name": name, **arguments}
 
 
 @dataclass
