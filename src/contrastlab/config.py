@@ -82,15 +82,17 @@ class AugmentConfig:
         from contrastlab.data.augment import PRESETS
 
         if self.preset not in PRESETS:
-            raise ConfigError(f"augment.preset: unknown preset {self.preset!r}{suggest(str(self.preset), list(PRESETS))}; "
-                              f"available: {', '.join(PRESETS)}")
+            raise ConfigError(f"augment.preset: unknown preset {self.preset!r}"
+                              f"{suggest(str(self.preset), list(PRESETS))}; available: {', '.join(PRESETS)}")
         if self.size is not None and self.size < 1:
             raise ConfigError(f"augment.size must be >= 1 (pixels) or null (the image size), got {self.size}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
-            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, "
+                              f"got {list(self.crop_scale)}")
         if self.jitter_strength is not None and self.jitter_strength < 0:
-            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), got {self.jitter_strength}")
+            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), "
+                              f"got {self.jitter_strength}")
         probabilities = {"flip_prob": self.flip_prob, "jitter_prob": self.jitter_prob, "gray_prob": self.gray_prob}
         for key in ("blur_prob", "solarize_prob"):
             for i, p in enumerate(getattr(self, key) or ()):
@@ -120,8 +122,8 @@ def check_views(views: typing.Sequence[ViewConfig], dotted: str) -> tuple[ViewCo
         if view.size is not None and view.size < 1:
             raise ConfigError(f"{key}.size must be >= 1 (pixels) or null (the image size), got {view.size}")
         if view.kind not in VIEW_KINDS:
-            raise ConfigError(f"{key}.kind: unknown view kind {view.kind!r}{suggest(str(view.kind), list(VIEW_KINDS))}; "
-                              f"available: {', '.join(VIEW_KINDS)}")
+            raise ConfigError(f"{key}.kind: unknown view kind {view.kind!r}"
+                              f"{suggest(str(view.kind), list(VIEW_KINDS))}; available: {', '.join(VIEW_KINDS)}")
         if view.kind != "transforms" and view.transforms:
             raise ConfigError(f"{key}.transforms: views of kind '{view.kind}' take no transforms")
         transforms = tuple(_check_transform(t, f"{key}.transforms[{j}]", TRANSFORMS)
@@ -140,6 +142,8 @@ def check_views(views: typing.Sequence[ViewConfig], dotted: str) -> tuple[ViewCo
 def _check_transform(raw: dict[str, Any], dotted: str, table: dict[str, type]) -> dict[str, Any]:
     """``raw = {"name": ..., **arguments}`` checked against the constructor of ``table[name]``."""
     import inspect
+
+    from contrastlab.data.augment import TransformArgumentError
 
     name = raw.get("name")
     if not isinstance(name, str) or name not in table:
@@ -166,8 +170,8 @@ def _check_transform(raw: dict[str, Any], dotted: str, table: dict[str, type]) -
         raise ConfigError(f"{dotted}: transform '{name}' needs {', '.join(missing)}")
     try:
         cls(**arguments, **{key: 1 for key in cls.set_by_view})  # the constructor checks the ranges
-    except ValueError as err:
-        raise ConfigError(f"{dotted}.{getattr(err, 'argument', 'name')}: {err}") from None
+    except TransformArgumentError as err:
+        raise ConfigError(f"{dotted}.{err.argument}: {err}") from None
     return {"name": name, **arguments}
 
 

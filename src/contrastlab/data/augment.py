@@ -418,8 +418,8 @@ class ViewPipeline:
             inputs = inputs[self.slot]
         if not torch.is_tensor(inputs) or inputs.dtype != torch.uint8 or inputs.dim() != 4:
             where = "batch['inputs']" if self.slot is None else f"batch['inputs'][{self.slot}]"
-            description = f"{inputs.dtype} with shape {tuple(inputs.shape)}" if torch.is_tensor(inputs) else repr(inputs)
-            raise ValueError(f"ViewPipeline: {where} must be uint8 (B, C, H, W), got {description}")
+            got = f"{inputs.dtype} with shape {tuple(inputs.shape)}" if torch.is_tensor(inputs) else repr(inputs)
+            raise ValueError(f"ViewPipeline: {where} must be uint8 (B, C, H, W), got {got}")
         if self.decode_crop is not None and tuple(inputs.shape[2:]) != (self.decode_crop.size,) * 2:
             raise ValueError(f"ViewPipeline: batch['inputs'][{self.slot}] must hold {self.decode_crop.size}-pixel "
                              f"crops, got shape {tuple(inputs.shape)}")
@@ -514,7 +514,8 @@ def build_pipelines(
             raise ValueError(f"views[{i}]: unknown view kind '{view['kind']}'; available: {', '.join(VIEW_KINDS)}")
         factory = VIEW_KINDS[view["kind"]]
         try:
-            pipelines += [factory(view["transforms"], view["size"], image_shape, normalize) for _ in range(view["count"])]
+            pipelines += [factory(view["transforms"], view["size"], image_shape, normalize)
+                          for _ in range(view["count"])]
         except ValueError as err:
             raise ValueError(f"views[{i}]: {err}") from None
     return pipelines

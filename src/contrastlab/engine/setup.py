@@ -89,8 +89,11 @@ def make_views(cfg: Config, data: RunData) -> list:
     """
     a = cfg.augment
     method = METHODS.get(cfg.method.name)
-    key = "augment.views" if a.views is not None else f"augment.preset ('{a.preset}', the default views of method '{cfg.method.name}')"
-    views = a.views if a.views is not None else check_views(method.default_views(a), key)
+    if a.views is not None:
+        key, views = "augment.views", check_views(a.views, "augment.views")
+    else:
+        key = f"augment.preset ('{a.preset}', the default views of method '{cfg.method.name}')"
+        views = check_views(method.default_views(a), key)
     count = sum(view.count for view in views)
     low, high = method.accepted_views(cfg.method)
     if count < low or (high is not None and count > high):
