@@ -307,3 +307,42 @@ def test_one_way_byol_predicts_the_teachers_weak_view_from_the_strong_view():
     expected = byol_loss(method.predictor(method.projector(h)), method.teacher(weak))
     torch.testing.assert_close(out["loss"], expected, rtol=0, atol=0)
     torch.testing.assert_close(out["features"], h, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- training with N views (through the trainer)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.name=simclr", "augment.views=[{count: 2, transforms: [{name: crop, scale: [0.5, 1.0], flip_prob: 0}]},"
+     " {count: 2, size: 4, transforms: [{name: crop, scale: [0.2, 0.5], flip_prob: 0}]}]"],
+    ["method.name=byol", "method.pred_hidden_dim=32", "method.symmetric=false",
+     "augment.views=[{transforms: [{name: crop, scale: [0.8, 1.0]}]},"
+     " {transforms: [{name: crop, scale: [0.2, 1.0]}, {name: blur, prob: 0.5}, {name: solarize, prob: 0.2}]}]"],
+], ids=["multicrop", "weak_strong"])
+def test_views_from_config_train_and_resume_exactly(tmp_path, monkeypatch, overrides):
+    from contrastlab.engine import checkpoint as ckpt
+    from contrastlab.engine.distributed import init_distributed
+    from contrastlab.engine.trainer import Trainer
+    from test_trainer import losses, tiny_config
+
+    cfg = tiny_config("train.epochs=2", "train.max_steps_per_epoch=2", *overrides)
+    env = init_distributed("cpu")
+    Trainer(cfg, tmp_path / "whole", env).fit()
+    original = Trainer._train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "split", env).fit()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = Trainer(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", env, resume=True)
+    assert resumed.cfg.augment.views == cfg.augment.views
+    resumed.fit()
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert len(whole) == 4 and whole == split
+    a, b = ckpt.load_checkpoint(tmp_path / "whole")["method"], ckpt.load_checkpoint(tmp_path / "split")["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
