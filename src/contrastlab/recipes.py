@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contrastlab.core.config import Config, MethodConfig, config_from_dict, read_recipe
+from contrastlab.data.view_config import check_augment
 from contrastlab.methods import METHODS
 
 
@@ -19,5 +20,8 @@ def method_configs() -> dict[str, type[MethodConfig]]:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate."""
-    return config_from_dict(read_recipe(path, overrides), method_configs())
+    """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate
+    (the views against the transform table: :func:`check_augment`)."""
+    cfg = config_from_dict(read_recipe(path, overrides), method_configs())
+    check_augment(cfg.augment)
+    return cfg

@@ -48,17 +48,64 @@ class DataConfig:
 
 
 @dataclass
+class ViewConfig:
+    """``count`` views made alike (one entry of ``augment.views``).
+
+    ``kind: transforms`` (the default) applies ``transforms`` in order, each a mapping
+    ``{name: <transform>, <argument>: <value>, ...}`` whose name is a key of
+    :data:`contrastlab.data.augment.TRANSFORMS` (``crop``, ``jitter``, ``gray``, ``blur``,
+    ``solarize``) and whose other keys are that class's constructor arguments. ``size`` is the
+    output side of the view's crop (``None`` = the image height; a view without a crop keeps the
+    input size). Other kinds are registered by datasets (``spirograph``: re-render with fresh
+    nuisance) and take no transforms.
+    """
+
+    count: int = 1
+    size: int | None = None
+    kind: str = "transforms"
+    transforms: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
 class AugmentConfig:
-    """The two contrastive views. ``None`` means the preset's own value."""
+    """The contrastive views.
+
+    ``views`` lists them (see :class:`ViewConfig`); ``None`` = the method's default views, made
+    from the preset fields below (``None`` there means the preset's own value; ``blur_prob`` and
+    ``solarize_prob`` give one probability per view of the pair).
+    """
 
     preset: str = "simclr-cifar"  # simclr-cifar | simclr-imagenet | byol | crop-only | spirograph
     size: int | None = None  # output size of the crop; None = the image size
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5  # horizontal flip in the crop (0 for digits and text)
     jitter_strength: float | None = None
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     blur_prob: tuple[float, float] | None = None  # per view
     solarize_prob: tuple[float, float] | None = None  # per view
+    views: tuple[ViewConfig, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Ranges of the preset fields; the preset name and the views (which need the transform
+        table of :mod:`contrastlab.data.augment`) are checked by
+        :func:`contrastlab.data.view_config.check_augment` when a recipe is loaded."""
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"augment.size must be >= 1 (pixels) or null (the image size), got {self.size}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, "
+                              f"got {list(self.crop_scale)}")
+        if self.jitter_strength is not None and self.jitter_strength < 0:
+            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), "
+                              f"got {self.jitter_strength}")
+        probabilities = {"flip_prob": self.flip_prob, "jitter_prob": self.jitter_prob, "gray_prob": self.gray_prob}
+        for key in ("blur_prob", "solarize_prob"):
+            for i, p in enumerate(getattr(self, key) or ()):
+                probabilities[f"{key}[{i}]"] = p
+        for key, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"augment.{key} must be a probability in [0, 1], got {p}")
 
 
 @dataclass
@@ -233,11 +280,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
                 f"unknown key '{dotted}'{suggest(str(key), list(fields))}; "
                 f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
             )
-        values[key] = _convert(value, hints[key], dotted)
+        values[key] = convert_value(value, hints[key], dotted)
     return cls(**values)
 
 
-def _convert(value: Any, hint: Any, dotted: str) -> Any:
+def convert_value(value: Any, hint: Any, dotted: str) -> Any:
+    """``value`` checked against the type ``hint`` (converted where YAML reads it loosely);
+    :class:`ConfigError` naming ``dotted`` otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, dotted)
@@ -247,7 +296,7 @@ def _convert(value: Any, hint: Any, dotted: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, option, dotted)
+                return convert_value(value, option, dotted)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{dotted}: expected {_describe(hint)}, got {value!r}")
@@ -255,10 +304,10 @@ def _convert(value: Any, hint: Any, dotted: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{dotted}: expected a list ({_describe(hint)}), got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{dotted}[{i}]") for i, v in enumerate(value))
+            return tuple(convert_value(v, args[0], f"{dotted}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{dotted}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_convert(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(convert_value(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")

@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
 
     def evaluate_backbone(backbone: torch.nn.Module) -> dict[str, Any]:
         backbone.to(device)
-        column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views,
+        column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views[:2],
                           generator=torch.Generator().manual_seed(cfg.data.seed), num_workers=workers,
                           **probes, **common)
         if perturb is not None:

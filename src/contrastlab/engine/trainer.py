@@ -58,7 +58,7 @@ class Trainer:
 
         self.data = load_data(cfg)
         views = make_views(cfg, self.data)
-        self.input_shape = view_shape(cfg, self.data)
+        self.input_shape = view_shape(self.data, views)
         train_set, self.views = training_views(self.data.train, views)
         method = make_method(cfg, self.input_shape, len(self.data.train))
         method = maybe_sync_batchnorm(method, cfg.train.sync_batchnorm, env).to(self.device)

@@ -37,6 +37,6 @@ class BarlowTwins(Method):
         self.projector = self.make_projector()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
-        h, z1, z2 = self.project_views(step)
+        (h1, _), (z1, z2) = self.project_views(step)
         loss = self.cfg.scale_loss * barlow_twins_loss(z1, z2, self.cfg.lambd)
-        return {"loss": loss, "features": h[: z1.shape[0]].detach()}
+        return {"loss": loss, "features": h1.detach()}
