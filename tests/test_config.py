@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from contrastlab.core.config import Config, ConfigError
 from contrastlab.recipes import load_config
@@ -64,3 +65,26 @@ def test_bad_files(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(listing)
+
+
+def test_one_validation_style_for_every_section_loaded_or_made_in_code():
+    from contrastlab.core.config import ConfigError, OptimConfig, check_section, in_range
+    from contrastlab.methods.moco import MoCo, MoCoConfig
+
+    assert in_range(0.5, "in [0, 1)") and not in_range(1.0, "in [0, 1)") and in_range(1.0, "in (0, 1]")
+    assert not in_range(0.0, "> 0") and in_range(0.0, ">= 0") and in_range(-2, "< -1") and not in_range(3, "<= 2")
+    with pytest.raises(ValueError, match="malformed range rule"):
+        in_range(1, "positive")
+    # ranges of a base class (ContrastiveConfig.temperature) hold in its subclasses
+    for override, message in [("method.temperature=0", r"method.temperature must be > 0, got 0.0"),
+                              ("method.queue_size=0", r"method.queue_size must be >= 1, got 0"),
+                              ("optim.momentum=1.0", r"optim.momentum must be in \[0, 1\), got 1.0"),
+                              ("optim.betas=[0.9, 1.5]", r"optim.betas must be in \[0, 1\), got \(0.9, 1.5\)"),
+                              ("eval.robustness=[]", r"eval.robustness must list at least one strength")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=["method.name=moco", override])
+    with pytest.raises(ConfigError, match=r"method.temperature must be > 0, got -1"):
+        MoCo(MoCoConfig(name="moco", temperature=-1), torch.nn.Identity())
+    with pytest.raises(ConfigError, match=r"optim.lr: expected a number, got 'fast'"):
+        check_section(OptimConfig(lr="fast"), "optim")
+    check_section(OptimConfig(grad_clip=None), "optim")  # unset optional fields are not range-checked

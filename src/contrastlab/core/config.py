@@ -11,12 +11,13 @@ methods').
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -24,7 +25,53 @@ from contrastlab.core.registry import suggest
 
 
 class ConfigError(ValueError):
-    """A recipe or override names an unknown key or gives a value of the wrong type."""
+    """A recipe or override names an unknown key or gives a value of the wrong type or range."""
+
+
+# Ranges a config class declares for its fields, in its ``RANGES`` class attribute:
+# ``{"temperature": "> 0", "bank_momentum": "in [0, 1)"}``.
+_BOUND = re.compile(r"^(>=|>|<=|<) (-?[0-9.e+-]+)$")
+_INTERVAL = re.compile(r"^in ([\[(])(-?[0-9.e+-]+), (-?[0-9.e+-]+)([\])])$")
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether ``value`` satisfies ``rule``: ``"> x"``, ``">= x"``, ``"< x"``, ``"<= x"`` or an
+    interval ``"in [a, b)"`` (brackets closed, parentheses open)."""
+    bound, interval = _BOUND.match(rule), _INTERVAL.match(rule)
+    if bound:
+        op, limit = bound.group(1), float(bound.group(2))
+        return {">": value > limit, ">=": value >= limit, "<": value < limit, "<=": value <= limit}[op]
+    if interval:
+        opening, low, high, closing = interval.groups()
+        above = value >= float(low) if opening == "[" else value > float(low)
+        below = value <= float(high) if closing == "]" else value < float(high)
+        return above and below
+    raise ValueError(f"malformed range rule {rule!r}; expected e.g. '> 0', '>= 1' or 'in [0, 1)'")
+
+
+def check_section(section: Any, prefix: str) -> None:
+    """Validate a config dataclass named ``prefix`` (``"method"``, ``"augment.views[0]"``): every
+    field has its annotated type (a ``Literal`` one of its choices), every field in its
+    classes' ``RANGES`` lies in its range (``None`` = unset is skipped; each element of a tuple is checked), then its
+    ``validate(prefix)`` checks the rules that join several fields. The one style of validation
+    of every section: called by the loader on each section and by :class:`Method` for configs
+    made in code. Raises :class:`ConfigError` naming the dotted key, the allowed range and the
+    value."""
+    hints = typing.get_type_hints(type(section))
+    ranges: dict[str, str] = {}
+    for cls in reversed(type(section).__mro__):
+        ranges.update(vars(cls).get("RANGES", {}))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not dataclasses.is_dataclass(hints[f.name]):  # a section: checked on its own
+            convert_value(value, hints[f.name], f"{prefix}.{f.name}")  # the type, for configs made in code
+        if f.name in ranges and value is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                if not in_range(item, ranges[f.name]):
+                    raise ConfigError(f"{prefix}.{f.name} must be {ranges[f.name]}, got {value!r}")
+    validate = getattr(section, "validate", None)
+    if validate is not None:
+        validate(prefix)
 
 
 @dataclass
@@ -42,9 +89,7 @@ class DataConfig:
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
     num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
 
-    def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0 (worker processes), got {self.num_workers}")
+    RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "num_workers": ">= 0"}
 
 
 @dataclass
@@ -59,6 +104,8 @@ class ViewConfig:
     input size). Other kinds are registered by datasets (``spirograph``: re-render with fresh
     nuisance) and take no transforms.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {"count": ">= 1", "size": ">= 1"}
 
     count: int = 1
     size: int | None = None
@@ -86,26 +133,17 @@ class AugmentConfig:
     solarize_prob: tuple[float, float] | None = None  # per view
     views: tuple[ViewConfig, ...] | None = None
 
-    def __post_init__(self) -> None:
-        """Ranges of the preset fields; the preset name and the views (which need the transform
+    RANGES: ClassVar[dict[str, str]] = {
+        "size": ">= 1", "crop_scale": "in (0, 1]", "flip_prob": "in [0, 1]", "jitter_strength": ">= 0",
+        "jitter_prob": "in [0, 1]", "gray_prob": "in [0, 1]", "blur_prob": "in [0, 1]", "solarize_prob": "in [0, 1]",
+    }
+
+    def validate(self, prefix: str) -> None:
+        """The crop scale is a range; the preset name and the views (which need the transform
         table of :mod:`contrastlab.data.augment`) are checked by
         :func:`contrastlab.data.view_config.check_augment` when a recipe is loaded."""
-        if self.size is not None and self.size < 1:
-            raise ConfigError(f"augment.size must be >= 1 (pixels) or null (the image size), got {self.size}")
-        low, high = self.crop_scale
-        if not 0 < low <= high <= 1:
-            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, "
-                              f"got {list(self.crop_scale)}")
-        if self.jitter_strength is not None and self.jitter_strength < 0:
-            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), "
-                              f"got {self.jitter_strength}")
-        probabilities = {"flip_prob": self.flip_prob, "jitter_prob": self.jitter_prob, "gray_prob": self.gray_prob}
-        for key in ("blur_prob", "solarize_prob"):
-            for i, p in enumerate(getattr(self, key) or ()):
-                probabilities[f"{key}[{i}]"] = p
-        for key, p in probabilities.items():
-            if not 0 <= p <= 1:
-                raise ConfigError(f"augment.{key} must be a probability in [0, 1], got {p}")
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise ConfigError(f"{prefix}.crop_scale must be (low, high) with low <= high, got {list(self.crop_scale)}")
 
 
 @dataclass
@@ -120,6 +158,8 @@ class BackboneConfig:
 class MethodConfig:
     """Fields shared by every method; each method extends this with its own."""
 
+    RANGES: ClassVar[dict[str, str]] = {"proj_hidden_dim": ">= 1", "proj_out_dim": ">= 1", "proj_layers": ">= 1"}
+
     name: str = "simclr"
     proj_hidden_dim: int = 2048
     proj_out_dim: int = 128
@@ -129,6 +169,11 @@ class MethodConfig:
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule (per step: linear warm-up, then cosine)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "lr": "> 0", "momentum": "in [0, 1)", "weight_decay": ">= 0", "betas": "in [0, 1)", "lars_trust": "> 0",
+        "warmup_epochs": ">= 0", "min_lr": ">= 0", "grad_clip": "> 0",
+    }
 
     name: Literal["sgd", "lars", "adam", "adamw"] = "lars"
     lr: float = 0.3  # used as given: no silent rescaling by batch size
@@ -145,6 +190,11 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    RANGES: ClassVar[dict[str, str]] = {
+        "epochs": ">= 1", "batch_size": ">= 1", "checkpoint_every": ">= 1", "log_every": ">= 1",
+        "max_steps_per_epoch": ">= 1",
+    }
+
     epochs: int = 10
     batch_size: int = 256  # per process
     seed: int = 0
@@ -174,17 +224,15 @@ class EvalConfig:
     feature_averaging: int | None = None  # M: also evaluate features averaged over M training views
     robustness: tuple[float, ...] | None = None  # test-time nuisance strengths (probes on clean train)
 
-    def __post_init__(self) -> None:
-        if self.feature_averaging is not None and self.feature_averaging < 1:
-            raise ConfigError(
-                f"eval.feature_averaging must be >= 1 (views averaged) or null (off), got {self.feature_averaging}"
-            )
-        if self.robustness is not None:
-            if len(self.robustness) == 0:
-                raise ConfigError("eval.robustness must list at least one strength, or be null (off)")
-            for strength in self.robustness:
-                if strength < 0:
-                    raise ConfigError(f"eval.robustness: strengths must be >= 0, got {strength}")
+    RANGES: ClassVar[dict[str, str]] = {
+        "knn_k": ">= 1", "knn_temperature": "> 0", "weight_decays": ">= 0", "ridge_alphas": "> 0",
+        "val_fraction": "in (0, 1)", "max_train": ">= 1", "batch_size": ">= 1", "feature_averaging": ">= 1",
+        "robustness": ">= 0",
+    }
+
+    def validate(self, prefix: str) -> None:
+        if self.robustness is not None and len(self.robustness) == 0:
+            raise ConfigError(f"{prefix}.robustness must list at least one strength, or be null (off)")
 
 
 @dataclass
@@ -281,7 +329,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
                 f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
             )
         values[key] = convert_value(value, hints[key], dotted)
-    return cls(**values)
+    section = cls(**values)
+    check_section(section, prefix or "config")
+    return section
 
 
 def convert_value(value: Any, hint: Any, dotted: str) -> Any:
@@ -289,7 +339,7 @@ def convert_value(value: Any, hint: Any, dotted: str) -> Any:
     :class:`ConfigError` naming ``dotted`` otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, dotted)
+        return value if isinstance(value, hint) else _build(hint, value, dotted)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

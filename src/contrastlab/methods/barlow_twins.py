@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from contrastlab.methods.registry import METHODS
 
 @dataclass
 class BarlowTwinsConfig(MethodConfig):
+    RANGES: ClassVar[dict[str, str]] = {"lambd": ">= 0", "scale_loss": "> 0"}
+
     proj_hidden_dim: int = 2048
     proj_out_dim: int = 2048
     proj_layers: int = 3
@@ -30,10 +33,6 @@ class BarlowTwins(Method):
 
     def __init__(self, cfg: BarlowTwinsConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
-        if cfg.lambd < 0:
-            raise ValueError(f"method.lambd must be >= 0, got {cfg.lambd}")
-        if cfg.scale_loss <= 0:
-            raise ValueError(f"method.scale_loss must be > 0, got {cfg.scale_loss}")
         self.projector = self.make_projector()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from contrastlab.components.heads import MLPHead
-from contrastlab.core.config import AugmentConfig, MethodConfig, OptimConfig, ViewConfig
+from contrastlab.core.config import AugmentConfig, MethodConfig, OptimConfig, ViewConfig, check_section
 from contrastlab.data.augment import preset_views
 
 
@@ -66,6 +66,7 @@ class Method(nn.Module):
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module) -> None:
         super().__init__()
+        check_section(cfg, "method")  # a config made in code is checked as a loaded one is
         self.cfg = cfg
         self.backbone = backbone
 

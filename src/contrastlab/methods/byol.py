@@ -9,6 +9,7 @@ symmetric loss is the sum of both directions, so about twice as large).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from contrastlab.methods.registry import METHODS
 
 @dataclass
 class BYOLConfig(MethodConfig):
+    RANGES: ClassVar[dict[str, str]] = {"pred_hidden_dim": ">= 1", "base_momentum": "in [0, 1]",
+                                        "final_momentum": "in [0, 1]"}
+
     proj_hidden_dim: int = 4096
     proj_out_dim: int = 256
     pred_hidden_dim: int = 4096

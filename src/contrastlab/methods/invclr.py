@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from contrastlab.components.invariance import (
     projected_sensitivity_reverse,
     replace,
 )
+from contrastlab.core.config import ConfigError
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.simclr import SimCLR, SimCLRConfig
@@ -54,6 +55,9 @@ DEFAULT_PARAMETER_GROUPS = ("jitter", "nuisance")
 
 @dataclass
 class InvCLRConfig(SimCLRConfig):
+    RANGES: ClassVar[dict[str, str]] = {"gp_weight": ">= 0", "gp_clip": "> 0", "gp_draws": ">= 1",
+                                        "gp_fraction": "in (0, 1]"}
+
     gp_weight: float = 0.01  # lambda: 0.01 Spirograph, 0.1 CIFAR (paper README)
     gp_clip: float = 1.0  # c: the penalty estimate is clipped at c (1 CIFAR, 1000 Spirograph)
     gp_mode: Literal["forward", "reverse"] = "forward"  # reverse: the reference code's estimator
@@ -64,28 +68,17 @@ class InvCLRConfig(SimCLRConfig):
     gp_fraction: float = 1.0  # share of view 1's samples the penalty is estimated on
     gp_parameters: tuple[str, ...] | None = None  # dotted params paths; None: jitter.* or nuisance
 
+    def validate(self, prefix: str) -> None:
+        if self.gp_mode == "reverse" and self.gp_projection != "rademacher":
+            raise ConfigError(f"{prefix}.gp_mode=reverse needs {prefix}.gp_projection=rademacher (it "
+                              f"differentiates one random projection), got {self.gp_projection!r}")
+
 
 @METHODS.register(
     "invclr", "InvCLR: SimCLR + gradient penalty for invariance to transformation parameters (Foster et al., 2021)"
 )
 class InvCLR(SimCLR):
     Config = InvCLRConfig
-
-    def __init__(self, cfg: InvCLRConfig, backbone: nn.Module) -> None:
-        super().__init__(cfg, backbone)
-        checks = {
-            "gp_weight": cfg.gp_weight >= 0,
-            "gp_clip": cfg.gp_clip > 0,
-            "gp_draws": cfg.gp_draws >= 1,
-            "gp_fraction": 0 < cfg.gp_fraction <= 1,
-        }
-        expected = {"gp_weight": ">= 0", "gp_clip": "> 0", "gp_draws": ">= 1", "gp_fraction": "in (0, 1]"}
-        for field, ok in checks.items():
-            if not ok:
-                raise ValueError(f"method.{field} must be {expected[field]}, got {getattr(cfg, field)}")
-        if cfg.gp_mode == "reverse" and cfg.gp_projection != "rademacher":
-            raise ValueError("method.gp_mode=reverse needs method.gp_projection=rademacher (it differentiates "
-                             f"one random projection), got {cfg.gp_projection!r}")
 
     def regularised_parameters(self, pipeline: object) -> tuple[str, ...]:
         """The params paths of ``pipeline`` that the penalty differentiates."""

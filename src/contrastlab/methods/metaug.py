@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ from contrastlab.components.meta import (
 )
 from contrastlab.core.config import MethodConfig
 from contrastlab.core.distributed import rank_and_world
-from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
+from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.registry import METHODS
 
@@ -78,6 +78,12 @@ ENCODER_PARTS = ("backbone", "projector")
 
 @dataclass
 class MetAugConfig(MethodConfig):
+    RANGES: ClassVar[dict[str, str]] = {
+        "gen_hidden_dim": ">= 1", "gamma": "> 0", "circle_margin": ">= 0", "aug_weight": ">= 0",
+        "margin_weight": ">= 0", "margin_positive_scale": ">= 0", "inner_lr": "> 0", "gen_lr": "> 0",
+        "gen_momentum": ">= 0", "gen_weight_decay": ">= 0", "meta_every": ">= 1",
+    }
+
     proj_hidden_dim: int = 2048  # projector D -> 2048 -> 128, output L2-normalised
     proj_out_dim: int = 128
     gen_hidden_dim: int = 2048  # generator P -> H (BN, ReLU) -> H (BN, ReLU) -> P, L2-normalised
@@ -86,7 +92,7 @@ class MetAugConfig(MethodConfig):
     circle_margin: float = 0.25
     aug_weight: float = 0.1  # beta; official 1e-5
     margin_weight: float = 0.1  # mu; official 1e-11
-    margin: str = "large"  # large | small | mean
+    margin: Literal["large", "small", "mean"] = "large"  # losses.MARGIN_TYPES
     margin_positive_scale: float = 1e-4
     detach_margins: bool = False
     inner_lr: float = 1e-3  # alpha of the virtual plain gradient step
@@ -96,32 +102,6 @@ class MetAugConfig(MethodConfig):
     meta_order: MetAugOrder = "second"  # none: no meta step, the generators stay at their init
     second_order: SecondOrder = "jvp"  # how the exact order gets the mixed term: jvp | unrolled
     meta_every: int = 1  # one meta step every this many training steps
-
-
-def check_config(cfg: MetAugConfig) -> None:
-    """``ValueError`` naming ``method.<field>`` for the first invalid value."""
-    rules = {
-        "proj_hidden_dim": (lambda v: v >= 1, ">= 1"),
-        "proj_out_dim": (lambda v: v >= 1, ">= 1"),
-        "gen_hidden_dim": (lambda v: v >= 1, ">= 1"),
-        "gamma": (lambda v: v > 0, "> 0"),
-        "circle_margin": (lambda v: v >= 0, ">= 0"),
-        "aug_weight": (lambda v: v >= 0, ">= 0"),
-        "margin_weight": (lambda v: v >= 0, ">= 0"),
-        "margin": (lambda v: v in MARGIN_TYPES, f"one of {MARGIN_TYPES}"),
-        "margin_positive_scale": (lambda v: v >= 0, ">= 0"),
-        "inner_lr": (lambda v: v > 0, "> 0"),
-        "gen_lr": (lambda v: v > 0, "> 0"),
-        "gen_momentum": (lambda v: v >= 0, ">= 0"),
-        "gen_weight_decay": (lambda v: v >= 0, ">= 0"),
-        "meta_order": (lambda v: v in get_args(MetAugOrder), f"one of {get_args(MetAugOrder)}"),
-        "second_order": (lambda v: v in get_args(SecondOrder), f"one of {get_args(SecondOrder)}"),
-        "meta_every": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    }
-    for field, (ok, expected) in rules.items():
-        value = getattr(cfg, field)
-        if not ok(value):
-            raise ValueError(f"method.{field} must be {expected}, got {value!r}")
 
 
 def pair_scores(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -265,7 +245,6 @@ class MetAug(GeneratorMetaLearning):
 
     def __init__(self, cfg: MetAugConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
-        check_config(cfg)
         if rank_and_world()[1] > 1:
             raise ValueError("method.name=metaug trains in one process only: its generators' meta-gradient "
                              "is not synchronised across ranks")

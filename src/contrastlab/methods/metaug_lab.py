@@ -71,7 +71,6 @@ from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.base import StepInput
 from contrastlab.methods.metaug import GeneratorMetaLearning, MetAugConfig
-from contrastlab.methods.metaug import check_config as check_metaug_config
 from contrastlab.methods.registry import METHODS
 from contrastlab.models.backbones import LAB_VIEWS, LabSplit
 
@@ -82,29 +81,13 @@ NUM_CALLS = 5  # contrast calls per objective: original, one per single generato
 
 @dataclass
 class MetAugLabConfig(MetAugConfig):
+    RANGES: ClassVar[dict[str, str]] = {"bank_size": ">= 1", "num_negatives": ">= 1", "bank_momentum": "in [0, 1)"}
+
     TRAIN_SIZED_FIELDS: ClassVar[tuple[str, ...]] = ("bank_size",)  # filled by engine.setup
 
     bank_size: int | None = None  # memory-bank rows; None = the training-set size
     num_negatives: int = 1024  # K bank rows drawn per anchor and contrast call
     bank_momentum: float = 0.5  # M[i] <- normalise(m M[i] + (1 - m) z_i)
-
-
-def check_config(cfg: MetAugLabConfig) -> None:
-    """``ValueError`` naming ``method.<field>`` for the first invalid value."""
-    check_metaug_config(cfg)
-    rules = {
-        "bank_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
-        "num_negatives": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "bank_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    }
-    for field, (ok, expected) in rules.items():
-        value = getattr(cfg, field)
-        if not ok(value):
-            raise ValueError(f"method.{field} must be {expected}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def bank_scores(anchors: Sequence[Tensor], banks: Tensor, index: Tensor, negatives: Tensor) -> list[Tensor]:
@@ -159,7 +142,6 @@ class MetAugLab(GeneratorMetaLearning):
 
     def __init__(self, cfg: MetAugLabConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
-        check_config(cfg)
         if not isinstance(backbone, LabSplit):
             raise ValueError(f"method.name=metaug_lab needs backbone.name=lab_split (one encoder per Lab view), "
                              f"got a {type(backbone).__name__}")

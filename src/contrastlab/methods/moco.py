@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from contrastlab.methods.simclr import ContrastiveConfig
 
 @dataclass
 class MoCoConfig(ContrastiveConfig):
+    RANGES: ClassVar[dict[str, str]] = {"queue_size": ">= 1", "base_momentum": "in [0, 1]",
+                                        "final_momentum": "in [0, 1]", "bn_splits": ">= 1"}
+
     temperature: float = 0.2
     queue_size: int = 65536
     base_momentum: float = 0.99  # key encoder EMA; MoCo v2 uses 0.999 at 200+ epochs
@@ -34,8 +37,6 @@ class MoCo(Method):
 
     def __init__(self, cfg: MoCoConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
-        if cfg.temperature <= 0:
-            raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
         self.projector = self.make_projector()
         self.teacher = EMATeacher(self.backbone, self.projector)
         self.queue = FeatureQueue(cfg.queue_size, cfg.proj_out_dim)

@@ -16,7 +16,7 @@ both readings are the single NT-Xent of SimCLR.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -30,6 +30,8 @@ from contrastlab.methods.registry import METHODS
 class ContrastiveConfig(MethodConfig):
     """Fields of methods with an InfoNCE-family loss (SimCLR, MoCo)."""
 
+    RANGES: ClassVar[dict[str, str]] = {"temperature": "> 0", "tau_plus": "in [0, 1)", "beta": ">= 0"}
+
     temperature: float = 0.5
     loss: Literal["infonce", "dcl", "hcl"] = "infonce"
     tau_plus: float = 0.1  # DCL/HCL class prior
@@ -41,6 +43,8 @@ class ContrastiveConfig(MethodConfig):
 
 @dataclass
 class SimCLRConfig(ContrastiveConfig):
+    RANGES: ClassVar[dict[str, str]] = {"num_global": ">= 1"}
+
     num_global: int = 2  # multi-crop: the first num_global views are global (see the module docstring)
     pairs: Literal["ordered", "unordered"] = "ordered"  # how a pair of two global views counts
 
@@ -58,10 +62,6 @@ class SimCLR(Method):
 
     def __init__(self, cfg: SimCLRConfig, backbone: torch.nn.Module) -> None:
         super().__init__(cfg, backbone)
-        if cfg.temperature <= 0:
-            raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
-        if cfg.num_global < 1:
-            raise ValueError(f"method.num_global must be >= 1 (global views), got {cfg.num_global}")
         self.projector = self.make_projector()
 
     @classmethod
