@@ -37,6 +37,8 @@ class DataConfig:
     test_size: int | None = None
     seed: int = 0
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
+    image_size: int | None = None  # image files: side of the eval input (shorter side, centre crop); None = as stored
+    in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Datasets (all local or generated, never downloaded) and batched augmentations.
 
 Every loader is registered in ``DATASETS`` with the signature
-``load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> ImageData``.
+``load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> Dataset``
+(see ``data/dataset.py``). Image-file loaders (``folder``) also take the keyword-only
+``image_size: int | None`` and ``in_memory: bool | None`` (``data.image_size``, ``data.in_memory``).
 """
 
 from contrastlab.data.base import DataError, ImageData
