@@ -16,6 +16,7 @@ from fixtures import (
     write_cifar10,
     write_cifar100,
     write_class_folder,
+    write_file_list,
     write_image,
     write_mnist,
     write_npz,
@@ -404,6 +405,7 @@ FIXTURES = {
     "cifar100": write_cifar100,
     "stl10": write_stl10,
     "folder": write_class_folder,
+    "filelist": write_file_list,
     "npz": write_small_npz,
     "digits": None,
 }

@@ -2,7 +2,7 @@
 
 Every loader is registered in ``DATASETS`` with the signature
 ``load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> Dataset``
-(see ``data/dataset.py``). Image-file loaders (``folder``) also take the keyword-only
+(see ``data/dataset.py``). Image-file loaders (``folder``, ``filelist``) also take the keyword-only
 ``image_size: int | None`` and ``in_memory: bool | None`` (``data.image_size``, ``data.in_memory``).
 """
 
@@ -12,6 +12,6 @@ from contrastlab.registry import Registry
 DATASETS: Registry = Registry("dataset")
 
 # Importing the loader modules registers them.
-from contrastlab.data import cifar, digits, folder, mnist, npz, spirograph, stl10  # noqa: E402,F401
+from contrastlab.data import cifar, digits, filelist, folder, mnist, npz, spirograph, stl10  # noqa: E402,F401
 
 __all__ = ["DATASETS", "DataError", "ImageData"]
