@@ -146,7 +146,7 @@ def to_8bit(image: Image.Image, channels: int) -> Image.Image:
     """``image`` (any mode, see the module docstring) as mode ``L`` (``channels == 1``) or ``RGB``."""
     target = "L" if channels == 1 else "RGB"
     if image.mode in HIGH_DEPTH_MODES:
-        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)  # v * 255 + 32767 < 2**32
         image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
     elif image.mode in ("LA", "La") and target == "L":
         image = image.getchannel(0)
