@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from contrastlab.config import load_config
+from contrastlab.data.dataset import batch_to
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 from report import write_results
@@ -52,14 +53,12 @@ def step_times(recipe: str, overrides: list[str], steps: int, warmup: int, run_d
     cfg = load_config(recipe, [*overrides, "train.progress=false", "eval.at_end=false", "train.epochs=1",
                                f"train.max_steps_per_epoch={steps + warmup}"])
     trainer = Trainer(cfg, run_dir, init_distributed(cfg.train.device))
-    order = torch.randperm(len(trainer.data.train), generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(1)
     trainer.method.train()
     times = []
-    for i in range(steps + warmup):
-        index = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+    for i, batch in enumerate(trainer.loader):
         start = time.perf_counter()
-        trainer._step(trainer._batch(index), generator)
+        trainer._step(batch_to(batch, trainer.device), generator)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times

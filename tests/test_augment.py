@@ -276,7 +276,7 @@ def test_bad_arguments_raise_clear_errors():
 def uint8_batch(n=6, channels=3, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
-    return {"images": images, "index": torch.arange(n)}
+    return {"inputs": images, "index": torch.arange(n)}
 
 
 def test_pipeline_is_deterministic_for_a_generator_and_normalises():
@@ -289,7 +289,7 @@ def test_pipeline_is_deterministic_for_a_generator_and_normalises():
     assert not torch.allclose(view(batch, torch.Generator().manual_seed(4)), first)
     params = view.sample(batch, torch.Generator().manual_seed(3))
     assert set(params) == {"crop", "jitter", "gray", "blur"}
-    x = batch["images"].float() / 255
+    x = batch["inputs"].float() / 255
     for t in view.transforms:
         x = t.apply(x, params[t.name])
     mean, std = torch.tensor(normalize.mean).view(1, 3, 1, 1), torch.tensor(normalize.std).view(1, 3, 1, 1)
@@ -315,7 +315,7 @@ def test_crop_only_identity_params_give_normalised_input():
     view = aug.build_views("crop-only", image_size=12, channels=1, normalize=normalize)[0]
     batch = uint8_batch(n=2, channels=1)
     params = {"crop": {"center": torch.zeros(2, 2), "size": torch.ones(2, 2), "flip": torch.zeros(2)}}
-    torch.testing.assert_close(view.apply(batch, params), (batch["images"].float() / 255 - 0.5) / 0.5)
+    torch.testing.assert_close(view.apply(batch, params), (batch["inputs"].float() / 255 - 0.5) / 0.5)
 
 
 def test_one_channel_images_run_through_every_preset():
@@ -366,5 +366,5 @@ def test_build_views_rejects_bad_input():
     view = aug.build_views("crop-only", image_size=12, channels=3, normalize=normalize)[0]
     with pytest.raises(ValueError, match=r"params lack \['crop'\]"):
         view.apply(uint8_batch(), {})
-    with pytest.raises(ValueError, match=r"batch\['images'\] must be uint8"):
-        view.apply({"images": torch.zeros(2, 3, 12, 12)}, view.sample(uint8_batch(n=2), torch.Generator()))
+    with pytest.raises(ValueError, match=r"batch\['inputs'\] must be uint8"):
+        view.apply({"inputs": torch.zeros(2, 3, 12, 12)}, view.sample(uint8_batch(n=2), torch.Generator()))

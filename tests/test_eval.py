@@ -218,7 +218,7 @@ class NoisyView:
         self.normalize, self.scale = normalize, scale
 
     def __call__(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        x = self.normalize(batch["images"])
+        x = self.normalize(batch["inputs"])
         return x + self.scale * torch.randn(x.shape, generator=generator)
 
 

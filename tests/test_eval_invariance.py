@@ -61,7 +61,7 @@ def loop_average(backbone, data, view, num_views, generator, batch_size):
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             index = torch.arange(start, min(start + batch_size, len(data)))
-            batch = {"images": data.images[index], "labels": data.labels[index], "index": index}
+            batch = {"inputs": data.images[index], "labels": data.labels[index], "index": index}
             total = 0
             for _ in range(num_views):
                 total = total + backbone(view(batch, generator)).float()
@@ -81,7 +81,7 @@ def test_averaged_features_match_loop_reference(digits):
 
     # one view: exactly that view's features; the view is random, so it differs from the clean image
     single = averaged_features(backbone, train, view, 1, torch.Generator().manual_seed(2), batch_size=500)
-    batch = {"images": train.images, "labels": train.labels, "index": torch.arange(200)}
+    batch = {"inputs": train.images, "labels": train.labels, "index": torch.arange(200)}
     with torch.no_grad():
         one_view = backbone.eval()(view(batch, torch.Generator().manual_seed(2)))
     assert torch.equal(single, one_view)
@@ -101,7 +101,7 @@ def test_identity_view_gives_plain_features_and_evaluate_takes_a_featurizer(digi
         ImageData("digits", split.images, targets=split.labels[:, None].float(), target_names=("digit",))
         for split in (labelled_train, labelled_test)
     )
-    identity = lambda batch, generator: normalize(batch["images"])  # noqa: E731
+    identity = lambda batch, generator: normalize(batch["inputs"])  # noqa: E731
     averaged = averaged_features(backbone, train, identity, 3, torch.Generator(), batch_size=64)
     torch.testing.assert_close(averaged, extract_features(backbone, train.images, normalize, batch_size=64))
 
@@ -136,7 +136,7 @@ def test_robustness_curve_on_images(digits):
 
     # s > 0: probes fitted on the clean train features, scored on jittered test images
     clean_test = extract_features(backbone, test.images, normalize)
-    batch = {"images": test.images, "labels": test.labels, "index": torch.arange(len(test))}
+    batch = {"inputs": test.images, "labels": test.labels, "index": torch.arange(len(test))}
     with torch.no_grad():
         jittered = backbone.eval()(jitter(0.8)(batch, torch.Generator().manual_seed(3)))
     assert not torch.allclose(jittered, clean_test, atol=1e-3)

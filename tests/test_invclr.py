@@ -88,7 +88,7 @@ def test_colour_jitter_penalty_equals_the_reverse_mode_loop_reference():
                             Normalize([0.5] * 3, [0.25] * 3))
     encoder = SmoothEncoder(side=12)
     generator = torch.Generator().manual_seed(1)
-    batch = {"images": torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)}
+    batch = {"inputs": torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)}
     params = pipeline.sample(batch, generator)
     fresh = pipeline.sample(batch, generator)
     paths = ["jitter.brightness", "jitter.contrast", "jitter.saturation", "jitter.hue"]

@@ -135,7 +135,7 @@ def test_views_rerender_targets_with_fresh_nuisance():
     data = DATASETS.get("spirograph")("train", size=4, seed=0)
     normalize = Normalize([0.5] * 3, [0.25] * 3)
     views = sp.SpirographViews(normalize)
-    batch = {"images": data.images, "targets": data.targets, "index": torch.arange(4)}
+    batch = {"inputs": data.images, "targets": data.targets, "index": torch.arange(4)}
     p1 = views.sample(batch, torch.Generator().manual_seed(0))
     p2 = views.sample(batch, torch.Generator().manual_seed(1))
     assert p1["nuisance"].shape == (4, 6) and not torch.equal(p1["nuisance"], p2["nuisance"])
@@ -146,4 +146,4 @@ def test_views_rerender_targets_with_fresh_nuisance():
     views.apply(batch, {"nuisance": nuisance}).sum().backward()
     assert nuisance.grad is not None and nuisance.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"batch\['targets'\]"):
-        views.sample({"images": data.images}, torch.Generator())
+        views.sample({"inputs": data.images}, torch.Generator())

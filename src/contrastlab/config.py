@@ -39,6 +39,11 @@ class DataConfig:
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
     image_size: int | None = None  # image files: side of the eval input (shorter side, centre crop); None = as stored
     in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
+    num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (worker processes), got {self.num_workers}")
 
 
 @dataclass

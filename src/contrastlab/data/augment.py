@@ -346,15 +346,15 @@ class ViewPipeline:
 
     def sample(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, Params]:
         """``{transform name: its per-sample parameters}``, drawn on the CPU with ``generator``."""
-        n = batch["images"].shape[0]
+        n = batch["inputs"].shape[0]
         return {t.name: t.sample(n, generator) for t in self.transforms}
 
     def apply(self, batch: dict[str, torch.Tensor], params: dict[str, Params]) -> torch.Tensor:
         """The view ``(B, C, H', W')`` float32, normalised, on the images' device."""
-        images = batch["images"]
+        images = batch["inputs"]
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(
-                f"ViewPipeline: batch['images'] must be uint8 (B, C, H, W), "
+                f"ViewPipeline: batch['inputs'] must be uint8 (B, C, H, W), "
                 f"got {images.dtype} with shape {tuple(images.shape)}"
             )
         missing = [t.name for t in self.transforms if t.name not in params]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from contrastlab.config import Config, ConfigError
-from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Dataset
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
 from contrastlab.eval.averaging import averaged_features
@@ -52,11 +52,13 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
                   ridge_alphas=e.ridge_alphas, val_fraction=e.val_fraction)
     common = dict(max_train=e.max_train, batch_size=e.batch_size, device=device, autocast_dtype=amp,
                   seed=cfg.data.seed)
+    workers = cfg.data.num_workers
 
     def evaluate_backbone(backbone: torch.nn.Module) -> dict[str, Any]:
         backbone.to(device)
         column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views,
-                          generator=torch.Generator().manual_seed(cfg.data.seed), **probes, **common)
+                          generator=torch.Generator().manual_seed(cfg.data.seed), num_workers=workers,
+                          **probes, **common)
         if perturb is not None:
             column["robustness"] = robustness_curve(backbone, data.probe_train, data.test, data.normalize,
                                                     perturb, e.robustness, **probes, **common)
@@ -68,7 +70,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
     if e.feature_averaging is not None:
         generator = torch.Generator().manual_seed(cfg.data.seed)
 
-        def averaged(split: ImageData) -> torch.Tensor:
+        def averaged(split: Dataset) -> torch.Tensor:
             return averaged_features(trained, split, views[0], e.feature_averaging, generator,
                                      e.batch_size, device, amp)
 
@@ -102,7 +104,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
 
 def _plots(run_dir, results, backbone, data, device, amp, batch_size) -> None:  # noqa: ANN001
     test = data.test.subset(torch.arange(min(len(data.test), EMBEDDING_PLOT_POINTS)))
-    embeddings = extract_features(backbone, test.images, data.normalize, batch_size=batch_size,
+    embeddings = extract_features(backbone, test, data.normalize, batch_size=batch_size,
                                   device=device, autocast_dtype=amp)
     if test.labels is not None:
         colour, colour_name = test.labels, "label"

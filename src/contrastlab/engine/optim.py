@@ -77,8 +77,13 @@ def build_optimizer(
     model: nn.Module, cfg: OptimConfig, exclude: Iterable[nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
     """The optimiser of ``cfg`` over ``model``'s trainable parameters except ``exclude`` (those a
-    method updates itself, e.g. meta-learned ones)."""
-    params = trainable(model, exclude)
+    method updates itself, e.g. meta-learned ones, or those in optimiser groups of their own)."""
+    return optimizer_over(trainable(model, exclude), cfg)
+
+
+def optimizer_over(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` over ``params`` (biases and normalisation weights undecayed and,
+    for LARS, unadapted unless ``cfg.lars_exclude_bias_and_norm`` is false)."""
     if cfg.name == "lars" and not cfg.lars_exclude_bias_and_norm:
         groups = [{"params": params}]
     else:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from contrastlab.config import Config, ConfigError, MethodConfig
-from contrastlab.data import DATASETS, ImageData
+from contrastlab.config import Config, ConfigError, DataConfig, MethodConfig
+from contrastlab.data import DATASETS
 from contrastlab.data.augment import build_views
+from contrastlab.data.dataset import Dataset
+from contrastlab.data.loading import eval_batches
 from contrastlab.data.preprocess import LabNormalize, Normalize, channel_stats
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method
@@ -23,26 +26,43 @@ class RunData:
     STL-10's labelled ``train`` beside the unlabelled pre-training split), else ``train``.
     """
 
-    train: ImageData
-    test: ImageData
-    probe_train: ImageData
+    train: Dataset
+    test: Dataset
+    probe_train: Dataset
     normalize: Normalize
+
+
+# DataConfig fields passed to the loaders that take them (only when set): e.g. the folder
+# loader's decode size and its in-memory switch.
+LOADER_OPTIONS = ("image_size", "in_memory")
+
+
+def load_split(d: DataConfig, split: str, size: int | None) -> Dataset:
+    """Split ``split`` of dataset ``d.name`` (a seeded subset of ``size`` samples when set)."""
+    try:
+        load = DATASETS.get(d.name)
+    except KeyError as err:
+        raise ConfigError(f"data.name: {err.args[0]}") from None
+    options: dict[str, Any] = {k: getattr(d, k) for k in LOADER_OPTIONS if getattr(d, k, None) is not None}
+    try:
+        return load(split, root=d.root, size=size, seed=d.seed, **options)
+    except TypeError as err:
+        if options and "unexpected keyword argument" in str(err):
+            raise ConfigError(f"data: dataset '{d.name}' takes none of data.{', data.'.join(options)} "
+                              f"(set them to null): {err}") from None
+        raise
 
 
 def load_data(cfg: Config) -> RunData:
     """The splits of ``cfg.data`` and their normalisation (``data.color_space``)."""
-    try:
-        load = DATASETS.get(cfg.data.name)
-    except KeyError as err:
-        raise ConfigError(f"data.name: {err.args[0]}") from None
     d = cfg.data
-    train = load(d.train_split, root=d.root, size=d.train_size, seed=d.seed)
-    test = load(d.test_split, root=d.root, size=d.test_size, seed=d.seed)
+    train = load_split(d, d.train_split, d.train_size)
+    test = load_split(d, d.test_split, d.test_size)
     probe_train = train
     if d.probe_split is not None and d.probe_split != d.train_split:
-        probe_train = load(d.probe_split, root=d.root, size=d.train_size, seed=d.seed)
+        probe_train = load_split(d, d.probe_split, d.train_size)
     for split, other in ((d.test_split, test), (d.probe_split, probe_train)):
-        if other.shape[0] != train.shape[0]:
+        if hasattr(train, "shape") and other.shape[0] != train.shape[0]:
             raise ConfigError(
                 f"data: '{d.train_split}' images have {train.shape[0]} channels but "
                 f"'{split}' images have {other.shape[0]}"
@@ -50,16 +70,25 @@ def load_data(cfg: Config) -> RunData:
     return RunData(train, test, probe_train, make_normalize(d.color_space, train))
 
 
-def make_normalize(color_space: str, train: ImageData) -> Normalize:
-    """``rgb``: per-channel standardisation fitted on ``train``; ``lab``: sRGB -> CIE Lab with
-    MetAug's fixed Lab statistics (RGB images only)."""
+# Images the per-channel statistics are fitted on when the training split is not in memory.
+NORMALIZE_SAMPLE = 1024
+
+
+def make_normalize(color_space: str, train: Dataset) -> Normalize:
+    """``rgb``: per-channel standardisation fitted on ``train`` (on all of an in-memory split, on
+    ``NORMALIZE_SAMPLE`` evenly spaced eval-mode images of a streamed one); ``lab``: sRGB -> CIE
+    Lab with MetAug's fixed Lab statistics (RGB images only)."""
     if color_space == "lab":
         channels = train.shape[0]
         if channels != 3:
             raise ConfigError(f"data.color_space='lab' needs RGB (3-channel) images but '{train.name}' images have "
                               f"{channels} channel(s); use data.color_space=rgb")
         return LabNormalize()
-    mean, std = channel_stats(train.images)
+    images = getattr(train, "images", None)
+    if images is None:
+        index = torch.linspace(0, len(train) - 1, min(len(train), NORMALIZE_SAMPLE)).long().unique()
+        images = torch.cat([batch["inputs"] for batch in eval_batches(train, 256, index)])
+    mean, std = channel_stats(images)
     return Normalize(mean, std)
 
 
@@ -96,6 +125,18 @@ def make_views(cfg: Config, data: RunData) -> list:
     )
 
 
+def training_views(train: Dataset, views: list) -> tuple[Dataset, list]:
+    """The training split and view pipelines as the trainer uses them: a dataset that can crop
+    at decode time (``with_decode_crops``: a streamed image folder) takes every view's random
+    resized crop from the full-resolution image in its loader workers, and the views apply the
+    rest of their transforms on the device; any other dataset is returned with the views as
+    they are."""
+    if not hasattr(train, "with_decode_crops"):
+        return train, views
+    views = [view.crop_at_decode(slot) for slot, view in enumerate(views)]
+    return train.with_decode_crops([view.decode_crop for view in views]), views
+
+
 def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Module:
     try:
         return build_backbone(cfg.backbone.name, input_shape, **cfg.backbone.options)
@@ -104,11 +145,13 @@ def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Mo
 
 
 def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int) -> Method:
-    """The method of ``cfg.method`` on a new backbone; its training-set-sized fields are resolved
-    first (:func:`fill_train_sized_fields`, recorded in ``cfg``)."""
+    """The method of ``cfg.method`` on a new backbone, given a builder of further encoders
+    (:meth:`Method.build_encoders`); its training-set-sized fields are resolved first
+    (:func:`fill_train_sized_fields`, recorded in ``cfg``)."""
     fill_train_sized_fields(cfg.method, train_size)
-    backbone = make_backbone(cfg, input_shape)
-    return METHODS.get(cfg.method.name)(cfg.method, backbone)
+    method = METHODS.get(cfg.method.name)(cfg.method, make_backbone(cfg, input_shape))
+    method.build_encoders(lambda: make_backbone(cfg, input_shape))
+    return method
 
 
 def view_shape(cfg: Config, data: RunData) -> tuple[int, int, int]:

@@ -11,29 +11,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from contrastlab.config import Config, save_config
+from contrastlab.config import Config, OptimConfig, save_config
+from contrastlab.data.dataset import Batch, batch_to, num_classes
+from contrastlab.data.loading import BatchLoader
 from contrastlab.engine import checkpoint as ckpt
-from contrastlab.engine.distributed import (
-    DistEnv,
-    all_reduce_mean,
-    maybe_sync_batchnorm,
-    shard_indices,
-    wrap_ddp,
-)
+from contrastlab.engine.distributed import DistEnv, all_reduce_mean, maybe_sync_batchnorm, wrap_ddp
 from contrastlab.engine.metrics import MetricsLogger
-from contrastlab.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from contrastlab.engine.setup import autocast_dtype, load_data, make_method, make_views, view_shape
+from contrastlab.engine.optim import build_optimizer, learning_rate, optimizer_over, set_learning_rate
+from contrastlab.engine.sampler import EpochBatches, epoch_generator
+from contrastlab.engine.setup import (
+    autocast_dtype,
+    load_data,
+    make_method,
+    make_views,
+    training_views,
+    view_shape,
+)
 from contrastlab.methods.base import StepInput
+
+MAIN = "main"  # the name of the main optimiser (every parameter not in a group of its own)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A CPU generator determined by (seed, epoch, stream): resuming at an epoch boundary
-    replays exactly the same data order (stream 0) and augmentations (stream 1 + rank)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003) + epoch) * 1_009 + stream)
 
 
 class Trainer:
@@ -42,6 +42,11 @@ class Trainer:
     Layout of ``run_dir``: ``config.yaml``, ``checkpoint.pt`` (every
     ``train.checkpoint_every`` epochs and at the end), ``metrics.jsonl``, ``metrics.csv``,
     ``tensorboard/`` (when tensorboard is installed).
+
+    Batches come through the dataset protocol (:class:`BatchLoader`: in memory, or decoded in
+    ``data.num_workers`` worker processes); the views are made on the training device. The
+    method's own parameter groups (:meth:`Method.parameter_groups`) get optimisers of their own,
+    scheduled and checkpointed beside the main one.
     """
 
     def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, resume: bool = False) -> None:
@@ -51,22 +56,23 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
 
         self.data = load_data(cfg)
-        self.views = make_views(cfg, self.data)
+        views = make_views(cfg, self.data)
         self.input_shape = view_shape(cfg, self.data)
+        train_set, self.views = training_views(self.data.train, views)
         method = make_method(cfg, self.input_shape, len(self.data.train))
         method = maybe_sync_batchnorm(method, cfg.train.sync_batchnorm, env).to(self.device)
         if cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         self.method = method
         self.model = wrap_ddp(method, env)
-        self.optimizer = build_optimizer(method, cfg.optim, exclude=method.outer_parameters())
-        method.attach_optimizer(self.optimizer)
+        self.optimizers = self._build_optimizers()
+        method.attach_optimizer(self.optimizers[MAIN][0])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-        labels = self.data.train.labels
+        classes = num_classes(self.data.train)
         self.probe: nn.Linear | None = None
-        if cfg.train.online_probe and labels is not None:
-            self.probe = nn.Linear(method.backbone.out_dim, self.data.train.num_classes).to(self.device)
+        if cfg.train.online_probe and classes is not None:
+            self.probe = nn.Linear(method.backbone.out_dim, classes).to(self.device)
             self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=1e-3)
 
         per_rank = len(self.data.train) // env.world_size
@@ -79,6 +85,9 @@ class Trainer:
                 f"images per process of '{cfg.data.name}'; lower train.batch_size"
             )
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.batches = EpochBatches(len(train_set), cfg.train.batch_size, self.steps_per_epoch, cfg.train.seed, env)
+        self.loader = BatchLoader(train_set, self.batches, cfg.data.num_workers,
+                                  pin_memory=self.device.type == "cuda")
         self.start_epoch, self.step = 0, 0
         if resume:
             self._restore()
@@ -86,6 +95,23 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         self.logger = MetricsLogger(self.run_dir, self.step if resume else None, enabled=env.rank == 0)
+
+    def _build_optimizers(self) -> dict[str, tuple[torch.optim.Optimizer, OptimConfig]]:
+        """The main optimiser (``optim``) over every trainable parameter that is neither an
+        outer parameter nor in one of the method's groups, then one per group, by name."""
+        groups = self.method.parameter_groups(self.cfg.optim)
+        names = [MAIN] + [g.name for g in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{type(self.method).__name__}: parameter group names must be unique and not "
+                             f"'{MAIN}', got {names[1:]}")
+        grouped = [p for g in groups for p in g.params]
+        if len({id(p) for p in grouped}) != len(grouped):
+            raise ValueError(f"{type(self.method).__name__}: a parameter is in two parameter groups")
+        exclude = list(self.method.outer_parameters()) + grouped
+        optimizers = {MAIN: (build_optimizer(self.method, self.cfg.optim, exclude=exclude), self.cfg.optim)}
+        for group in groups:
+            optimizers[group.name] = (optimizer_over(list(group.params), group.optim), group.optim)
+        return optimizers
 
     # ----------------------------------------------------------------------------- loop
     def fit(self) -> None:
@@ -100,25 +126,25 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg.train
-        order = torch.randperm(len(self.data.train), generator=epoch_generator(cfg.seed, epoch, 0))
-        local = shard_indices(order, self.env)
+        self.batches.set_epoch(epoch)
         generator = epoch_generator(cfg.seed, epoch, 1 + self.env.rank)
         self.model.train()
         bar = tqdm(
-            range(self.steps_per_epoch),
+            total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not cfg.progress or self.env.rank != 0,
             dynamic_ncols=True,
         )
         window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
         epoch_losses = []
-        for i in bar:
-            index = local[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            out = self._step(self._batch(index), generator)
+        for i, batch in enumerate(self.loader):
+            batch_size = len(batch["index"])
+            out = self._step(batch_to(batch, self.device, non_blocking=True), generator)
+            bar.update()
             loss = out["loss"].item()
             epoch_losses.append(loss)
             window_loss.append(loss)
-            window_images += len(index) * self.env.world_size
+            window_images += batch_size * self.env.world_size
             if "probe_correct" in out:
                 window_correct.append(out["probe_correct"])
             if self.step % cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
@@ -127,31 +153,26 @@ class Trainer:
                     "step": self.step,
                     "epoch": epoch + (i + 1) / self.steps_per_epoch,
                     "loss": sum(window_loss) / len(window_loss),
-                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "lr": self.optimizers[MAIN][0].param_groups[0]["lr"],
                     "images_per_s": window_images / max(elapsed, 1e-9),
                 }
+                for name, (optimizer, _) in self.optimizers.items():
+                    if name != MAIN:
+                        record[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
                 if window_correct:
-                    record["online_acc"] = 100.0 * sum(window_correct) / (len(window_correct) * len(index))
+                    record["online_acc"] = 100.0 * sum(window_correct) / (len(window_correct) * batch_size)
                 record.update(out["extra"])
                 self.logger.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
+        bar.close()
         self.logger.log({"step": self.step, "epoch": epoch + 1, "epoch_loss": sum(epoch_losses) / len(epoch_losses)})
         self.logger.flush()
 
-    def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        train = self.data.train
-        batch = {"images": train.images[index], "index": index}
-        if train.labels is not None:
-            batch["labels"] = train.labels[index]
-        if train.targets is not None:
-            batch["targets"] = train.targets[index]
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _step(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+    def _step(self, batch: Batch, generator: torch.Generator) -> dict:
         """One optimisation step; returns the loss, the probe's correct count and extra scalars."""
-        lr = learning_rate(self.cfg.optim, self.step, self.total_steps, self.steps_per_epoch)
-        set_learning_rate(self.optimizer, lr)
+        for optimizer, cfg in self.optimizers.values():
+            set_learning_rate(optimizer, learning_rate(cfg, self.step, self.total_steps, self.steps_per_epoch))
         params = [view.sample(batch, generator) for view in self.views]
         views = [view.apply(batch, p) for view, p in zip(self.views, params)]
         if self.cfg.train.channels_last:
@@ -167,12 +188,15 @@ class Trainer:
                 f"loss became {loss.item()} at step {self.step}; stopped ({kept}). "
                 "Try a lower optim.lr, optim.grad_clip, or train.precision=fp32."
             )
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer, _ in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
+        for optimizer, cfg in self.optimizers.values():
+            if cfg.grad_clip is not None:
+                self.scaler.unscale_(optimizer)
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.scaler.step(optimizer)
         self.scaler.update()
         self.method.on_after_optimizer_step((self.step + 1) / self.total_steps)
         self.step += 1
@@ -208,7 +232,7 @@ class Trainer:
             return
         state = {
             "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, (optimizer, _) in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": epochs_done,
             "step": self.step,
@@ -224,7 +248,11 @@ class Trainer:
         state = ckpt.load_checkpoint(self.run_dir, map_location=self.device)
         try:
             self.method.load_state_dict(state["method"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            saved = state["optimizers"] if "optimizers" in state else {MAIN: state["optimizer"]}  # before groups
+            if set(saved) != set(self.optimizers):
+                raise ValueError(f"the checkpoint has optimisers {sorted(saved)}, this run {sorted(self.optimizers)}")
+            for name, (optimizer, _) in self.optimizers.items():
+                optimizer.load_state_dict(saved[name])
             if self.probe is not None and "probe" in state:
                 self.probe.load_state_dict(state["probe"])
                 self.probe_optimizer.load_state_dict(state["probe_optimizer"])

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Batch, Dataset, batch_to
+from contrastlab.data.loading import eval_batches
 from contrastlab.eval.features import encode, frozen
 
 # A view pipeline: (batch, generator) -> (B, C, H, W) float normalised view.
@@ -16,28 +17,22 @@ View = Callable[[dict[str, torch.Tensor], torch.Generator], torch.Tensor]
 
 
 def view_batches(
-    data: ImageData,
+    data: Dataset,
     batch_size: int,
     device: str | torch.device = "cpu",
     index: torch.Tensor | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The batches a :data:`View` is called with, ``batch_size`` samples of ``data`` at a time
-    (the samples ``index``: ``(n,)`` int64 in that order; default all of them), on ``device``:
-    ``{"images": (B, C, H, W) uint8, "index": (B,) positions in data, "labels": (B,) and
-    "targets": (B, T) when data has them}``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    index = torch.arange(len(data)) if index is None else index
-    per_sample = {"images": data.images, "labels": data.labels, "targets": data.targets}
-    for chunk in index.split(batch_size):
-        batch = {key: value[chunk].to(device) for key, value in per_sample.items() if value is not None}
-        batch["index"] = chunk.to(device)
-        yield batch
+) -> Iterator[Batch]:
+    """The batches a :data:`View` is called with, ``batch_size`` eval-mode samples of ``data``
+    at a time (the samples ``index``: ``(n,)`` int64 in that order; default all of them), on
+    ``device``: ``{"inputs": (B, C, H, W) uint8, "index": (B,) positions in data, "labels": (B,)
+    and "targets": (B, T) when data has them, extras}``."""
+    for batch in eval_batches(data, batch_size, index):
+        yield batch_to(batch, torch.device(device))
 
 
 def averaged_features(
     backbone: nn.Module,
-    data: ImageData,
+    data: Dataset,
     view: View,
     num_views: int,
     generator: torch.Generator,

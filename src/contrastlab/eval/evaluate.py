@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Dataset
 from contrastlab.data.preprocess import Normalize
 from contrastlab.eval.averaging import View, view_batches
 from contrastlab.eval.diagnostics import alignment, effective_rank, singular_values, uniformity
@@ -16,8 +16,8 @@ from contrastlab.eval.knn import knn_accuracy
 from contrastlab.eval.linear import WEIGHT_DECAYS, linear_probe
 from contrastlab.eval.regression import RIDGE_ALPHAS, ridge_regression
 
-# Features of a split: ImageData -> (N, D) float.
-Featurize = Callable[[ImageData], torch.Tensor]
+# Features of a split: Dataset -> (N, D) float.
+Featurize = Callable[[Dataset], torch.Tensor]
 
 ALIGNMENT_IMAGES = 1024
 
@@ -28,7 +28,7 @@ def seeded_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:size].sort().values
 
 
-def probe_subset(train: ImageData, max_train: int | None, seed: int) -> ImageData:
+def probe_subset(train: Dataset, max_train: int | None, seed: int) -> Dataset:
     """The seeded subset of at most ``max_train`` samples of ``train`` that the probes fit on
     (all of ``train`` when ``max_train`` is None)."""
     if max_train is None:
@@ -40,7 +40,7 @@ def probe_subset(train: ImageData, max_train: int | None, seed: int) -> ImageDat
 
 def view_alignment(
     backbone: nn.Module,
-    data: ImageData,
+    data: Dataset,
     views: Sequence[View],
     generator: torch.Generator,
     *,
@@ -68,9 +68,9 @@ def view_alignment(
 
 def probe_metrics(
     train_feats: torch.Tensor,
-    train: ImageData,
+    train: Dataset,
     test_feats: torch.Tensor,
-    test: ImageData,
+    test: Dataset,
     *,
     knn_k: int = 200,
     knn_temperature: float = 0.1,
@@ -109,8 +109,8 @@ def probe_metrics(
 
 def evaluate(
     backbone: nn.Module,
-    train: ImageData,
-    test: ImageData,
+    train: Dataset,
+    test: Dataset,
     normalize: Normalize,
     *,
     featurize: Featurize | None = None,
@@ -126,13 +126,15 @@ def evaluate(
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
+    num_workers: int = 0,
 ) -> dict:
     """Evaluate the frozen ``backbone`` with every probe that ``train``/``test`` support.
 
     Features of the test set and of (a seeded subset of at most ``max_train`` images of) the
     train set are computed once by ``featurize`` (default: :func:`extract_features` of the
-    ``normalize``-d images; e.g. :func:`~contrastlab.eval.averaging.averaged_features` for
-    test-time feature averaging); the probes run on ``device``.
+    ``normalize``-d images, batch by batch, loaded in ``num_workers`` processes when streamed;
+    e.g. :func:`~contrastlab.eval.averaging.averaged_features` for test-time feature
+    averaging); the probes run on ``device``.
 
     Returns a JSON-serialisable dict:
         ``num_train``, ``num_test``, ``feature_dim``;
@@ -142,8 +144,8 @@ def evaluate(
     """
     train = probe_subset(train, max_train, seed)
     if featurize is None:
-        def featurize(data: ImageData) -> torch.Tensor:
-            return extract_features(backbone, data.images, normalize, batch_size, device, autocast_dtype)
+        def featurize(data: Dataset) -> torch.Tensor:
+            return extract_features(backbone, data, normalize, batch_size, device, autocast_dtype, num_workers)
 
     train_feats, test_feats = featurize(train).to(device), featurize(test).to(device)
     results: dict = {"num_train": len(train), "num_test": len(test), "feature_dim": train_feats.shape[1]}

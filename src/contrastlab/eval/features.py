@@ -8,6 +8,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Dataset
+from contrastlab.data.loading import eval_batches
 from contrastlab.data.preprocess import Normalize
 
 
@@ -48,29 +51,36 @@ def encode(
 
 def extract_features(
     backbone: nn.Module,
-    images: torch.Tensor,
+    data: Dataset | torch.Tensor,
     normalize: Normalize,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
 ) -> torch.Tensor:
-    """Frozen features of ``images``: ``(N, C, H, W)`` uint8 -> ``(N, D)`` float32 on the CPU.
+    """Frozen features of every sample of ``data`` -> ``(N, D)`` float32 on the CPU.
 
-    The backbone runs in eval mode without autograd, ``batch_size`` images at a time on
-    ``device`` (under autocast when ``autocast_dtype`` is given); its previous train/eval mode
-    is restored afterwards.
+    ``data``: a dataset of the protocol (:mod:`contrastlab.data.dataset`) whose eval-mode
+    ``inputs`` are ``(B, C, H, W)`` uint8 images, or such images as one ``(N, C, H, W)`` uint8
+    tensor. Batches of ``batch_size`` samples (loaded in ``num_workers`` processes for a
+    streamed dataset) are normalised and encoded on ``device``, in eval mode without autograd
+    (under autocast when ``autocast_dtype`` is given): memory is bounded by one batch; the
+    backbone's previous train/eval mode is restored afterwards.
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or len(images) == 0:
-        raise ValueError(
-            f"images must be a non-empty uint8 tensor (N, C, H, W), "
-            f"got {images.dtype} with shape {tuple(images.shape)}"
-        )
+    if torch.is_tensor(data):
+        if data.dtype != torch.uint8 or data.dim() != 4 or len(data) == 0:
+            raise ValueError(
+                f"images must be a non-empty uint8 tensor (N, C, H, W), got {data.dtype} with shape {tuple(data.shape)}"
+            )
+        data = ImageData(name="images", images=data)
+    if len(data) == 0:
+        raise ValueError(f"{data.name}: cannot extract features of an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with frozen(backbone):
         return torch.cat([
-            encode(backbone, normalize(chunk.to(device)), device, autocast_dtype)
-            for chunk in images.split(batch_size)
+            encode(backbone, normalize(batch["inputs"].to(device)), device, autocast_dtype)
+            for batch in eval_batches(data, batch_size, num_workers=num_workers)
         ])
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from contrastlab.data.augment import ColorJitter, ViewPipeline
-from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Dataset
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import NUISANCE_HIGH, NUISANCE_LOW, NUISANCE_NAMES, SpirographViews
 from contrastlab.eval.averaging import View, averaged_features
@@ -90,8 +90,8 @@ def perturbation_for(view: View, normalize: Normalize) -> Perturbation:
 
 def robustness_curve(
     backbone: nn.Module,
-    train: ImageData,
-    test: ImageData,
+    train: Dataset,
+    test: Dataset,
     normalize: Normalize,
     perturb: Perturbation,
     strengths: Sequence[float],
@@ -122,7 +122,7 @@ def robustness_curve(
     check_strengths(strengths, perturb)
     views = [perturb(strength) for strength in strengths]
     train = probe_subset(train, max_train, seed)
-    train_feats = extract_features(backbone, train.images, normalize, batch_size, device, autocast_dtype)
+    train_feats = extract_features(backbone, train, normalize, batch_size, device, autocast_dtype)
     train_feats = train_feats.to(device)
     curve = []
     for strength, view in zip(strengths, views):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.config import MethodConfig, OptimConfig
 from contrastlab.models.heads import MLPHead
 
 
@@ -21,7 +22,8 @@ class StepInput:
         params: the per-sample augmentation parameters each view was made with.
         pipelines: the view pipelines (``apply(batch, params)`` re-renders a view, e.g. with
             parameters that require grad).
-        batch: ``{"images": (B, C, H, W) uint8, "index": (B,), "labels"/"targets" if any}``.
+        batch: the batch dict on the device (:mod:`contrastlab.data.dataset`): ``inputs``,
+            ``index`` ``(B,)``, ``labels``/``targets``/extras where the dataset has them.
         generator: CPU generator for any further sampling (seeded per epoch: reproducible).
         progress: fraction of training done, in [0, 1) (for momentum schedules).
     """
@@ -32,6 +34,23 @@ class StepInput:
     batch: dict[str, torch.Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
     progress: float = 0.0
+
+
+@dataclass
+class ParameterGroup:
+    """Parameters the trainer optimises with an optimiser of their own.
+
+    Attributes:
+        name: the group's name (its learning rate is logged as ``lr/<name>``; its optimiser
+            state is checkpointed under it).
+        params: the parameters (left out of the main optimiser).
+        optim: the optimiser kind, learning rate, weight decay and schedule of this group; the
+            schedule runs over the same steps as the main one.
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    optim: OptimConfig
 
 
 class Method(nn.Module):
@@ -79,6 +98,17 @@ class Method(nn.Module):
 
     def on_after_optimizer_step(self, progress: float) -> None:
         """Called after every optimiser step (EMA teachers, queues); nothing by default."""
+
+    def build_encoders(self, build_encoder: Callable[[], nn.Module]) -> None:
+        """Called once after construction, before the method moves to the device and the
+        optimisers are built: ``build_encoder()`` makes a new, independently initialised encoder
+        of the configured backbone (a second trained encoder, a teacher). Nothing by default."""
+
+    def parameter_groups(self, optim: OptimConfig) -> list[ParameterGroup]:
+        """Parameters with optimiser settings of their own (``optim``: the run's main optimiser
+        settings, to derive from); the trainer owns, schedules and checkpoints their optimisers.
+        None by default: every trainable parameter is in the main optimiser."""
+        return []
 
     def outer_parameters(self) -> list[nn.Parameter]:
         """Parameters the method updates itself (meta-learned ones: augmentation generators, a

@@ -1,0 +1,66 @@
+"""Batches from any dataset of the protocol: in the main process, or decoded in DataLoader workers.
+
+A dataset with a vectorised ``get_batch(index)`` (the in-memory datasets) is served by one gather
+per batch in the main process; any other dataset goes through ``torch.utils.data.DataLoader``
+with the dataset's own ``collate``, its samples loaded in ``num_workers`` worker processes (in
+the main process when ``num_workers`` is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from contrastlab.data.dataset import Batch, Dataset, SampleKey
+
+Key = Any  # int (evaluation) or SampleKey (training)
+
+
+def _positions(keys: Sequence[Key]) -> torch.Tensor:
+    return torch.tensor([k.index if isinstance(k, SampleKey) else int(k) for k in keys], dtype=torch.int64)
+
+
+class BatchLoader:
+    """Iterates the batches of ``batch_keys``, a re-iterable of key lists (one list a batch).
+
+    ``batch_keys`` may change between iterations (the trainer's per-epoch sampler); with
+    ``num_workers > 0`` the worker processes persist across iterations. ``pin_memory`` pins the
+    batches for asynchronous copies to a GPU.
+    """
+
+    def __init__(self, dataset: Dataset, batch_keys: Iterable[Sequence[Key]], num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.dataset, self.batch_keys = dataset, batch_keys
+        self.loader: DataLoader | None = None
+        if not hasattr(dataset, "get_batch"):
+            # A generator of its own: the DataLoader draws its workers' base seed from it, not
+            # from torch's global generator (which seeds the model's initialisation). Samples take
+            # their randomness from their keys, never from the worker's seed.
+            self.loader = DataLoader(
+                dataset, batch_sampler=batch_keys, num_workers=num_workers, collate_fn=dataset.collate,
+                pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0),
+            )
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.loader is not None:
+            yield from self.loader
+            return
+        for keys in self.batch_keys:
+            yield self.dataset.get_batch(_positions(keys))
+
+
+def eval_batches(dataset: Dataset, batch_size: int, index: torch.Tensor | None = None,
+                 num_workers: int = 0) -> BatchLoader:
+    """Batches of ``batch_size`` samples of ``dataset`` in eval mode (int keys), the samples
+    ``index``: ``(n,)`` int64 in that order (default: all of them, in order)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index = torch.arange(len(dataset)) if index is None else index
+    chunks = [chunk.tolist() for chunk in index.split(batch_size)]
+    return BatchLoader(dataset, chunks, num_workers)

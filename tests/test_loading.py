@@ -1,0 +1,161 @@
+"""Batches through the dataset protocol: the in-memory gather and DataLoader workers give the same
+batches, epochs are seeded and sharded, and a dataset without a vectorised gather trains,
+resumes and evaluates like an in-memory one."""
+
+import pytest
+import torch
+
+from contrastlab.data import DATASETS
+from contrastlab.data.base import ImageData
+from contrastlab.data.dataset import Dataset, SampleKey, batch_to, sample_seed
+from contrastlab.data.loading import BatchLoader, eval_batches
+from contrastlab.data.preprocess import Normalize
+from contrastlab.engine import checkpoint as ckpt
+from contrastlab.engine.distributed import DistEnv, init_distributed
+from contrastlab.engine.evaluation import evaluate_run
+from contrastlab.engine.sampler import EpochBatches
+from contrastlab.engine.trainer import Trainer
+from contrastlab.eval.features import extract_features
+from contrastlab.models import build_backbone
+from test_trainer import losses, tiny_config
+
+
+class PerSample:
+    """A dataset of the protocol without ``get_batch``: samples one at a time, as a streamed
+    dataset serves them (records the keys it was asked for and the largest batch collated)."""
+
+    def __init__(self, data: ImageData) -> None:
+        self.data = data
+        self.name, self.labels, self.targets = data.name, data.labels, data.targets
+        self.target_names, self.classes = data.target_names, data.classes
+        self.keys: list = []
+        self.largest_batch = 0
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        index = key.index if isinstance(key, SampleKey) else key
+        sample = {"inputs": self.data.images[index], "index": index}
+        if self.labels is not None:
+            sample["labels"] = int(self.labels[index])
+        return sample
+
+    def collate(self, samples):
+        self.largest_batch = max(self.largest_batch, len(samples))
+        batch = {"inputs": torch.stack([s["inputs"] for s in samples]),
+                 "index": torch.tensor([s["index"] for s in samples])}
+        if "labels" in samples[0]:
+            batch["labels"] = torch.tensor([s["labels"] for s in samples])
+        return batch
+
+    def subset(self, index):
+        return PerSample(self.data.subset(index))
+
+
+def digits(n=64):
+    return DATASETS.get("digits")("train", size=n, seed=0)
+
+
+def test_a_per_sample_dataset_is_a_dataset_and_batches_like_the_in_memory_gather():
+    data = digits()
+    streamed = PerSample(data)
+    assert isinstance(streamed, Dataset) and isinstance(data, Dataset)
+    keys = [[SampleKey(i, sample_seed(0, 0, i)) for i in chunk] for chunk in ([5, 1, 9], [0, 63])]
+    for workers in (0, 2):
+        fast = list(BatchLoader(data, keys))
+        slow = list(BatchLoader(streamed, keys, num_workers=workers))
+        assert len(fast) == len(slow) == 2
+        for a, b in zip(fast, slow):
+            assert set(a) == set(b)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        BatchLoader(data, keys, num_workers=-1)
+
+
+def env(rank=0, world_size=1):
+    return DistEnv(rank, world_size, rank, torch.device("cpu"), world_size > 1)
+
+
+def test_epoch_batches_are_seeded_sharded_and_carry_per_sample_seeds():
+    one = EpochBatches(20, 4, 5, seed=3, env=env())
+    one.set_epoch(2)
+    first, again = list(one), list(one)
+    assert first == again and len(first) == 5
+    assert sorted(k.index for batch in first for k in batch) == list(range(20))
+    assert all(k.seed == sample_seed(3, 2, k.index) for batch in first for k in batch)
+    one.set_epoch(3)
+    assert [k.index for k in list(one)[0]] != [k.index for k in first[0]]
+    ranks = [EpochBatches(20, 4, 2, seed=3, env=env(r, 2)) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    shards = [{k.index for batch in r for k in batch} for r in ranks]
+    assert not shards[0] & shards[1] and len(shards[0]) == len(shards[1]) == 8
+    assert sample_seed(0, 1, 5) != sample_seed(0, 2, 5) != sample_seed(1, 1, 5)
+
+
+def test_features_of_a_dataset_are_extracted_batch_by_batch():
+    data = digits(50)
+    streamed = PerSample(data)
+    backbone = build_backbone("convnet", data.shape, channels=[4, 8])
+    normalize = Normalize([0.3], [0.2])
+    whole = extract_features(backbone, data.images, normalize, batch_size=50)
+    batched = extract_features(backbone, streamed, normalize, batch_size=16)
+    torch.testing.assert_close(batched, whole)
+    assert streamed.largest_batch == 16 and [k for k in streamed.keys] == list(range(50))
+    index = torch.tensor([7, 3])
+    assert [b["index"].tolist() for b in eval_batches(data, 1, index)] == [[7], [3]]
+
+
+def test_batch_to_moves_tensors_lists_and_objects_with_to():
+    class Graphs:
+        def to(self, device):
+            self.device = device
+            return self
+
+    batch = batch_to({"inputs": [torch.zeros(1)], "index": torch.arange(2), "graphs": Graphs(), "name": "x"},
+                     torch.device("cpu"))
+    assert batch["graphs"].device == torch.device("cpu") and batch["name"] == "x"
+    assert isinstance(batch["inputs"], list) and torch.is_tensor(batch["inputs"][0])
+
+
+@pytest.fixture
+def per_sample_digits(monkeypatch):
+    def load(split, root=None, size=None, seed=0):
+        return PerSample(DATASETS.get("digits")(split, root=root, size=size, seed=seed))
+
+    monkeypatch.setitem(DATASETS._entries, "per_sample_digits", (load, "test: digits one sample at a time"))
+
+
+def test_a_per_sample_dataset_in_workers_trains_resumes_and_evaluates_like_in_memory(tmp_path, monkeypatch,
+                                                                                    per_sample_digits):
+    cpu = init_distributed("cpu")
+    quick_eval = ["eval.weight_decays=[0.0]", "eval.compare_random_init=false"]
+    memory = tiny_config("train.epochs=3", *quick_eval)
+    streamed = tiny_config("train.epochs=3", "data.name=per_sample_digits", "data.num_workers=1", *quick_eval)
+    Trainer(memory, tmp_path / "memory", cpu).fit()
+    original = Trainer._train_epoch
+
+    def crash_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(streamed, tmp_path / "streamed", cpu).fit()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    Trainer(streamed, tmp_path / "streamed", cpu, resume=True).fit()
+    assert losses(tmp_path / "memory") == losses(tmp_path / "streamed")
+    a = ckpt.load_checkpoint(tmp_path / "memory")["method"]
+    b = ckpt.load_checkpoint(tmp_path / "streamed")["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    results = [evaluate_run(tmp_path / name, cfg, echo=False)
+               for name, cfg in (("memory", memory), ("streamed", streamed))]
+    assert results[0]["trained"]["knn"] == results[1]["trained"]["knn"]
+    assert results[0]["trained"]["linear"]["accuracy"] == results[1]["trained"]["linear"]["accuracy"]
