@@ -163,8 +163,7 @@ def draft_reduction(image: Image.Image, sides: list[tuple[float, int]]) -> int:
     for reduction in DRAFT_REDUCTIONS:
         if room >= reduction:
             width, height = image.size
-            result = image.draft(image.mode if image.mode == "CMYK" else "RGB",
-                                 (max(1, width // reduction), max(1, height // reduction)))
+            result = image.draft(image.mode, (max(1, width // reduction), max(1, height // reduction)))
             return 1 if result is None else round(width / result[1][2])
     return 1
 
