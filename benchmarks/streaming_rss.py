@@ -58,14 +58,17 @@ def measure(command: list[str], interval: float) -> dict:
     """Run ``command``; its exit code, wall time and peak memory (MiB) of its process tree."""
     start = time.perf_counter()
     process = subprocess.Popen(command)
-    peak = {"tree_rss_mib": 0.0, "tree_pss_mib": 0.0, "main_rss_mib": 0.0, "processes": 0}
+    peak = {"tree_rss_mib": 0.0, "tree_pss_mib": 0.0, "main_rss_mib": 0.0, "main_pss_mib": 0.0,
+            "worker_pss_mib": 0.0, "processes": 0}
     while process.poll() is None:
         pids = descendants(process.pid)
-        rss = sum(field_kib(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024
-        pss = sum(field_kib(f"/proc/{p}/smaps_rollup", "Pss") for p in pids) / 1024
-        main = field_kib(f"/proc/{process.pid}/status", "VmRSS") / 1024
-        for key, value in (("tree_rss_mib", rss), ("tree_pss_mib", pss), ("main_rss_mib", main),
-                           ("processes", len(pids))):
+        pss = {p: field_kib(f"/proc/{p}/smaps_rollup", "Pss") / 1024 for p in pids}
+        workers = [v for p, v in pss.items() if p != process.pid]
+        sample = {"tree_rss_mib": sum(field_kib(f"/proc/{p}/status", "VmRSS") for p in pids) / 1024,
+                  "tree_pss_mib": sum(pss.values()), "main_rss_mib": field_kib(f"/proc/{process.pid}/status", "VmRSS") / 1024,
+                  "main_pss_mib": pss.get(process.pid, 0.0), "worker_pss_mib": max(workers, default=0.0),
+                  "processes": len(pids)}
+        for key, value in sample.items():
             peak[key] = max(peak[key], value)
         time.sleep(interval)
     return {"returncode": process.returncode, "wall_s": time.perf_counter() - start, **peak}
@@ -107,11 +110,13 @@ def main() -> None:
         f"DataLoader workers sampled every {args.interval} s from /proc; {len(os.sched_getaffinity(0))} CPUs, "
         f"shared with other jobs while measuring (wall times are noisy).", "",
         "| folder | train images | peak RSS, process tree (MiB) | vs first | peak PSS, process tree (MiB) | vs first "
-        "| peak RSS, trainer (MiB) | processes | wall (s) | kNN acc. | linear acc. | exit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS, trainer (MiB) | vs first | peak PSS, trainer / largest worker (MiB) | processes | wall (s) "
+        "| kNN acc. | linear acc. | exit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['folder']} | {r['train_images']} | {r['tree_rss_mib']:.0f} | {r['tree_rss_mib'] / base['tree_rss_mib']:.3f} "
               f"| {r['tree_pss_mib']:.0f} | {r['tree_pss_mib'] / base['tree_pss_mib']:.3f} | {r['main_rss_mib']:.0f} "
+              f"| {r['main_rss_mib'] / base['main_rss_mib']:.3f} | {r['main_pss_mib']:.0f} / {r['worker_pss_mib']:.0f} "
               f"| {r['processes']} | {r['wall_s']:.0f} | {r.get('knn_accuracy', float('nan')):.1f} "
               f"| {r.get('linear_accuracy', float('nan')):.1f} "
               f"| {r['returncode']} |" for r in rows]
