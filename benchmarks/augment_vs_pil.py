@@ -92,7 +92,7 @@ def main() -> None:
     threads = sorted({int(t) for t in args.threads.split(",")})
 
     array = np.random.default_rng(0).integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8)
-    batch = {"images": torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), "index": torch.arange(BATCH)}
+    batch = {"inputs": torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), "index": torch.arange(BATCH)}
     pil_images = [Image.fromarray(a) for a in array]
     views = build_views("simclr-cifar", image_size=SIZE, channels=3, normalize=Normalize(MEAN, STD))
     generator, rng = torch.Generator().manual_seed(0), random.Random(0)

@@ -2,7 +2,7 @@
 
 Both compute, for view 1 of a Spirograph batch, a penalty whose gradient reaches the weights:
 
-* forward mode (`contrastlab.methods.invariance.directional_sensitivity`): one pass carrying
+* forward mode (`contrastlab.components.invariance.directional_sensitivity`): one pass carrying
   tangents along one fresh draw, then backward;
 * reverse mode (the reference code): ``G = d(eps . h^)/d alpha`` with ``create_graph``, the
   penalty ``mean_k (G . (alpha'_k - alpha))^2`` over 100 draws, then backward (double backward).
@@ -23,9 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from contrastlab.components.invariance import directional_sensitivity
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
-from contrastlab.methods.invariance import directional_sensitivity
 from contrastlab.models import build_backbone
 from report import write_results
 

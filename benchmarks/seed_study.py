@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from contrastlab.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
+from contrastlab.recipes import load_config
 from methods import CHILD, ROOT, RUNS
 from report import environment, write_results
 

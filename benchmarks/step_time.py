@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from contrastlab.config import load_config
 from contrastlab.data.dataset import batch_to
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
+from contrastlab.recipes import load_config
 from report import write_results
 
 

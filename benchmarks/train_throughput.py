@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.config import load_config
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
+from contrastlab.recipes import load_config
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 import torch.distributed
 
-from contrastlab.engine.distributed import DistEnv, cleanup_distributed, init_distributed
+from contrastlab.core.distributed import DistEnv
+from contrastlab.engine.distributed import cleanup_distributed, init_distributed
 
 
 def free_port() -> int:

@@ -357,7 +357,7 @@ def test_build_views_rejects_bad_input():
         aug.build_views("simclr", image_size=32, channels=3, normalize=normalize)
     with pytest.raises(ValueError, match="normalisation has 3 channels but images have 1"):
         aug.build_views("byol", image_size=32, channels=1, normalize=normalize)
-    with pytest.raises(ValueError, match="preset 'spirograph' renders 3 x 32 x 32"):
+    with pytest.raises(ValueError, match=r"views\[0\]: spirograph views render 3 x 32 x 32"):
         aug.build_views("spirograph", image_size=28, channels=3, normalize=normalize)
     with pytest.raises(ValueError, match="jitter_strength must be >= 0, got -1"):
         aug.build_views("byol", image_size=32, channels=3, normalize=normalize, jitter_strength=-1.0)

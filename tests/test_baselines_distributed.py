@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.engine.distributed import DistEnv
-from contrastlab.methods.queue import FeatureQueue
-from contrastlab.methods.shuffle_bn import shuffled_forward
+from contrastlab.components.queue import FeatureQueue
+from contrastlab.components.shuffle_bn import shuffled_forward
+from contrastlab.core.distributed import DistEnv
 from multiproc import run_ranks
 
 WORLD, BATCH, DIM = 2, 8, 6

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from contrastlab.cli import main
 from contrastlab.engine.checkpoint import load_checkpoint
 from contrastlab.methods import METHODS
-from contrastlab.config import load_config
 from contrastlab.models import build_backbone
+from contrastlab.recipes import load_config
 from test_trainer import TINY
 
 

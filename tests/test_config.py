@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from contrastlab.config import Config, ConfigError, load_config
+from contrastlab.core.config import Config, ConfigError
+from contrastlab.recipes import load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

@@ -9,17 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.engine.distributed import (
+from contrastlab.core.distributed import (
     DistEnv,
     all_gather_no_grad,
     all_reduce_mean,
-    cleanup_distributed,
     gather_with_grad,
-    init_distributed,
     is_main_process,
-    maybe_sync_batchnorm,
     rank_and_world,
     shard_indices,
+)
+from contrastlab.engine.distributed import (
+    cleanup_distributed,
+    init_distributed,
+    maybe_sync_batchnorm,
     wrap_ddp,
 )
 from contrastlab.losses import nt_xent

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from contrastlab.cli import main
-from contrastlab.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
 from contrastlab.data import DATASETS
 from contrastlab.data.augment import RandomResizedCropFlip, ViewPipeline
 from contrastlab.data.base import ImageData
+from contrastlab.data.perturbation import register_perturbation
 from contrastlab.data.preprocess import Normalize, channel_stats
-from contrastlab.data.spirograph import NUISANCE_HIGH, NUISANCE_LOW, SpirographViews
+from contrastlab.data.spirograph import NUISANCE_HIGH, NUISANCE_LOW, BackgroundShift, SpirographViews
 from contrastlab.eval import (
-    BackgroundShift,
     JitterShift,
     averaged_features,
     evaluate,
@@ -25,6 +25,7 @@ from contrastlab.eval import (
     robustness_curve,
 )
 from contrastlab.models import build_backbone
+from contrastlab.recipes import load_config
 
 BACKGROUND = [1, 3, 5]  # b_r, b_g, b_b in the nuisance vector
 PROBES = {"knn_k": 20, "weight_decays": (1e-2,)}
@@ -160,6 +161,25 @@ def test_spirograph_background_shift_draws_shifted_backgrounds():
             expected_low, expected_high = NUISANCE_LOW[column] + shift, NUISANCE_HIGH[column] + shift
             assert expected_low - 1e-6 <= low[column] < expected_low + 0.01
             assert expected_high - 0.01 < high[column] <= expected_high + 1e-6
+
+
+def test_a_dataset_registers_the_perturbation_of_its_views():
+    normalize = Normalize([0.5] * 3, [0.25] * 3)
+
+    class SubclassedViews(SpirographViews):
+        pass
+
+    class OwnViews:
+        pass
+
+    @register_perturbation(OwnViews)
+    class OwnShift(JitterShift):
+        pass
+
+    assert isinstance(perturbation_for(SubclassedViews(normalize), normalize), BackgroundShift)
+    assert type(perturbation_for(OwnViews(), normalize)) is OwnShift
+    with pytest.raises(ValueError, match="registered twice"):
+        register_perturbation(OwnViews)(JitterShift)
 
 
 def test_perturbation_choice_and_invalid_strengths(digits):

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.config import ConfigError, load_config
+from contrastlab.components.invariance import (
+    directional_sensitivity,
+    first_rows,
+    lookup,
+    projected_sensitivity_reverse,
+    replace,
+)
+from contrastlab.core.config import ConfigError
 from contrastlab.data.augment import ColorJitter, RandomGrayscale, RandomResizedCropFlip, ViewPipeline
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.spirograph import SpirographViews, sample_factors, sample_nuisance
@@ -16,16 +23,10 @@ from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import nt_xent
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import (
-    directional_sensitivity,
-    first_rows,
-    lookup,
-    projected_sensitivity_reverse,
-    replace,
-)
 from contrastlab.methods.invclr import InvCLR, InvCLRConfig
 from contrastlab.models import build_backbone
 from contrastlab.models.batchnorm import batch_statistics_only
+from contrastlab.recipes import load_config
 
 SPIRO_NORM = Normalize([0.3, 0.3, 0.3], [0.25, 0.25, 0.25])
 

@@ -5,13 +5,14 @@ resumes and evaluates like an in-memory one."""
 import pytest
 import torch
 
+from contrastlab.core.distributed import DistEnv
 from contrastlab.data import DATASETS
 from contrastlab.data.base import ImageData
 from contrastlab.data.dataset import Dataset, SampleKey, batch_to, sample_seed
 from contrastlab.data.loading import BatchLoader, eval_batches
 from contrastlab.data.preprocess import Normalize
 from contrastlab.engine import checkpoint as ckpt
-from contrastlab.engine.distributed import DistEnv, init_distributed
+from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.evaluation import evaluate_run
 from contrastlab.engine.sampler import EpochBatches
 from contrastlab.engine.trainer import Trainer

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.engine.distributed import DistEnv, wrap_ddp
+from contrastlab.core.distributed import DistEnv
+from contrastlab.engine.distributed import wrap_ddp
 from contrastlab.losses import barlow_twins_loss, nt_xent
 from multiproc import run_ranks
 

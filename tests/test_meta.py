@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.engine.optim import LARS, parameter_groups
+from contrastlab.components.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
+from contrastlab.core.optim import LARS, parameter_groups
 from contrastlab.losses.logsumexp import log_softmax
-from contrastlab.methods.meta import SGDStep, functional_forward, inner_gradients, meta_gradient
 
 BATCH, IN, HIDDEN, DIM = 8, 3, 6, 4
 LR = 0.5  # large, so the second-order term is a sizeable part of the meta-gradient

@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from contrastlab.config import OptimConfig
+from contrastlab.components.meta import SGDStep
+from contrastlab.core.config import OptimConfig
+from contrastlab.core.optim import build_optimizer
 from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.optim import build_optimizer
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import barlow_twins_loss, nt_xent
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.meta import SGDStep
 from contrastlab.methods.metamask import MetaMask, MetaMaskConfig
 from smooth import DIM, IN, TanhBackbone
 from test_trainer import METHOD_OVERRIDES, tiny_config

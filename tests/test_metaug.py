@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from contrastlab.config import OptimConfig
+from contrastlab.core.config import OptimConfig
+from contrastlab.core.optim import build_optimizer
 from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.optim import build_optimizer
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.base import StepInput

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from contrastlab.config import ConfigError, MethodConfig, load_config
+from contrastlab.core.config import ConfigError, MethodConfig
 from contrastlab.data.preprocess import LAB_MEAN, LAB_STD, LabNormalize, rgb_to_lab
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.setup import fill_train_sized_fields, load_data, make_method
@@ -23,6 +23,7 @@ from contrastlab.methods.base import StepInput
 from contrastlab.methods.metaug_lab import MetAugLab, MetAugLabConfig, bank_scores
 from contrastlab.models import build_backbone
 from contrastlab.models.backbones import ALEXNET_HALF_MIN_SIZE, LabSplit
+from contrastlab.recipes import load_config
 from test_trainer import METHOD_OVERRIDES, tiny_config
 
 VIEW = {"l": 0, "ab": 1, "ori": 2}

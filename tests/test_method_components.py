@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.methods.momentum import EMATeacher, cosine_momentum
-from contrastlab.methods.queue import FeatureQueue
-from contrastlab.methods.shuffle_bn import shuffled_forward
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
+from contrastlab.components.queue import FeatureQueue
+from contrastlab.components.shuffle_bn import shuffled_forward
 
 
 def test_cosine_momentum_runs_from_base_to_final():

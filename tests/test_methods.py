@@ -68,7 +68,7 @@ def test_barlow_twins_scale_loss_multiplies_the_loss():
     cfg = BarlowTwinsConfig(proj_hidden_dim=16, proj_out_dim=8, proj_layers=2, scale_loss=0.1)
     method = BarlowTwins(cfg, build_backbone("mlp", (1, 4, 4), hidden=(8,)))
     views = [torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4)]
-    _, z1, z2 = method.project_views(StepInput(views))
+    _, (z1, z2) = method.project_views(StepInput(views))
     expected = 0.1 * barlow_twins_loss(z1, z2, cfg.lambd)
     torch.testing.assert_close(method.training_step(StepInput(views))["loss"], expected)
     with pytest.raises(ValueError, match="scale_loss"):

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from contrastlab.models import BACKBONES, MLPHead, build_backbone
+from contrastlab.components.heads import MLPHead
+from contrastlab.models import BACKBONES, build_backbone
 from contrastlab.models.backbones import ResidualBlock
 
 # Tiny variants of every registry entry, with the feature size each must report.

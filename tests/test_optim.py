@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from contrastlab.config import OptimConfig
-from contrastlab.engine.optim import build_optimizer, learning_rate
+from contrastlab.core.config import OptimConfig
+from contrastlab.core.optim import build_optimizer, learning_rate
 
 
 def reference_lars_update(w, g, buf, lr, momentum, wd, trust, adapt):

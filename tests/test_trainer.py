@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from contrastlab.config import load_config
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.evaluation import evaluate_run
 from contrastlab.engine.trainer import Trainer, TrainingDiverged
 from contrastlab.methods.simclr import SimCLR
+from contrastlab.recipes import load_config
 
 TINY = [
     "data.name=digits", "data.train_size=256", "data.test_size=128",

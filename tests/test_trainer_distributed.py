@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from contrastlab.core.distributed import DistEnv
 from contrastlab.engine.checkpoint import load_checkpoint
-from contrastlab.engine.distributed import DistEnv
 from contrastlab.engine.trainer import Trainer
 from multiproc import run_ranks
 from test_trainer import tiny_config

@@ -7,9 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from contrastlab.config import ConfigError, load_config
+from contrastlab.core.config import ConfigError
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
+from contrastlab.recipes import load_config
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 

@@ -9,22 +9,26 @@ Every transform splits randomness from computation:
   ``continuous`` attribute (InvCLR sets ``requires_grad`` on them). The 0/1 indicators
   (``apply``, ``flip``) are parameters too, but not differentiable ones.
 
-A :class:`ViewPipeline` chains transforms and normalises; :func:`build_views` makes the two
-pipelines of a named preset (table :data:`PRESETS`).
+A :class:`ViewPipeline` chains transforms and normalises. Views are described as plain data in
+the recipe's schema (``{"count", "size", "kind", "transforms": [{"name", **arguments}]}``, the
+``augment.views`` entries, validated by :mod:`contrastlab.data.view_config`): :data:`TRANSFORMS` maps
+each transform name to its class, :data:`VIEW_KINDS` each view kind to the factory that builds
+it (``transforms`` here; datasets register their own, e.g. Spirograph's re-rendering), and
+:data:`PRESETS` the named presets that :func:`preset_views` expands into two views.
+:func:`build_pipelines` turns view descriptions into pipelines.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from contrastlab.data.preprocess import Normalize
-from contrastlab.data.spirograph import IMAGE_SIZE as SPIROGRAPH_SIZE
-from contrastlab.data.spirograph import SpirographViews
 
 Params = dict[str, torch.Tensor]
 
@@ -38,20 +42,32 @@ YIQ_TO_RGB = torch.linalg.inv(RGB_TO_YIQ)
 class Transform(Protocol):
     name: str  # key of this transform's parameters in a pipeline's params
     continuous: tuple[str, ...]  # the differentiable parameters
+    set_by_view: tuple[str, ...]  # constructor arguments the view supplies (the crop's output size)
 
     def sample(self, n: int, generator: torch.Generator) -> Params: ...
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor: ...
 
 
-def _check_probability(name: str, p: float) -> None:
+class TransformArgumentError(ValueError):
+    """A transform's constructor argument is out of range; ``argument`` names it (the config
+    prefixes it with the transform's dotted key)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+def _check_probability(argument: str, name: str, p: float) -> None:
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        raise TransformArgumentError(argument, f"{name} must be a probability in [0, 1], got {p}")
 
 
-def _check_range(name: str, low: float, high: float, min_value: float = 0.0) -> None:
+def _check_range(argument: str, name: str, low: float, high: float, min_value: float = 0.0) -> None:
     if not min_value <= low <= high:
-        raise ValueError(f"{name} must be a range ({min_value} <= low <= high), got ({low}, {high})")
+        raise TransformArgumentError(
+            argument, f"{name} must be a range ({min_value} <= low <= high), got ({low}, {high})"
+        )
 
 
 def _bernoulli(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -100,6 +116,7 @@ class RandomResizedCropFlip:
 
     name = "crop"
     continuous = ("center", "size")
+    set_by_view = ("size",)  # a view's output side, not a transform argument in a recipe
     attempts = 10
 
     def __init__(
@@ -112,13 +129,14 @@ class RandomResizedCropFlip:
         """``size``: output side; ``ratio`` bounds the box's width / height in image fractions
         (in pixels too for square inputs)."""
         if size <= 0:
-            raise ValueError(f"crop size must be positive, got {size}")
-        _check_range("crop scale", *scale, min_value=1e-6)
+            raise TransformArgumentError("size", f"crop size must be positive, got {size}")
+        _check_range("scale", "crop scale", *scale, min_value=1e-6)
         if scale[1] > 1:
-            raise ValueError(f"crop scale must lie in (0, 1], got {scale}")
-        _check_range("crop ratio", *ratio, min_value=1e-6)
-        _check_probability("flip probability", flip_prob)
-        self.size, self.scale, self.ratio, self.flip_prob = size, scale, ratio, flip_prob
+            raise TransformArgumentError("scale", f"crop scale must lie in (0, 1], got {scale}")
+        _check_range("ratio", "crop ratio", *ratio, min_value=1e-6)
+        _check_probability("flip_prob", "flip probability", flip_prob)
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self.flip_prob = flip_prob
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
         area = _uniform(n * self.attempts, *self.scale, generator).view(n, self.attempts)
@@ -171,6 +189,7 @@ class ColorJitter:
 
     name = "jitter"
     continuous = ("brightness", "contrast", "saturation", "hue")
+    set_by_view: tuple[str, ...] = ()
 
     def __init__(
         self, brightness: float, contrast: float, saturation: float, hue: float, prob: float = 0.8
@@ -178,8 +197,8 @@ class ColorJitter:
         magnitudes = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
         for field, value in magnitudes.items():
             if value < 0:
-                raise ValueError(f"jitter {field} magnitude must be >= 0, got {value}")
-        _check_probability("jitter probability", prob)
+                raise TransformArgumentError(field, f"jitter {field} magnitude must be >= 0, got {value}")
+        _check_probability("prob", "jitter probability", prob)
         self.magnitudes = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
         self.hue, self.prob = hue, prob
 
@@ -234,9 +253,10 @@ class RandomGrayscale:
 
     name = "gray"
     continuous: tuple[str, ...] = ()
+    set_by_view: tuple[str, ...] = ()
 
     def __init__(self, prob: float) -> None:
-        _check_probability("grayscale probability", prob)
+        _check_probability("prob", "grayscale probability", prob)
         self.prob = prob
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
@@ -259,15 +279,18 @@ class GaussianBlur:
 
     name = "blur"
     continuous = ("sigma",)
+    set_by_view: tuple[str, ...] = ()
 
     def __init__(
         self, prob: float, sigma: tuple[float, float] = (0.1, 2.0), kernel_size: int | None = None
     ) -> None:
-        _check_probability("blur probability", prob)
-        _check_range("blur sigma", *sigma, min_value=1e-6)
+        _check_probability("prob", "blur probability", prob)
+        _check_range("sigma", "blur sigma", *sigma, min_value=1e-6)
         if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
-            raise ValueError(f"blur kernel_size must be a positive odd integer, got {kernel_size}")
-        self.prob, self.sigma, self.kernel_size = prob, sigma, kernel_size
+            raise TransformArgumentError(
+                "kernel_size", f"blur kernel_size must be a positive odd integer, got {kernel_size}"
+            )
+        self.prob, self.sigma, self.kernel_size = prob, tuple(sigma), kernel_size
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
         return {"sigma": _uniform(n, *self.sigma, generator), "apply": _bernoulli(n, self.prob, generator)}
@@ -301,9 +324,12 @@ class Solarize:
 
     name = "solarize"
     continuous: tuple[str, ...] = ()
+    set_by_view: tuple[str, ...] = ()
 
     def __init__(self, prob: float, threshold: float = 0.5) -> None:
-        _check_probability("solarize probability", prob)
+        _check_probability("prob", "solarize probability", prob)
+        if not 0.0 <= threshold <= 1.0:
+            raise TransformArgumentError("threshold", f"solarize threshold must lie in [0, 1], got {threshold}")
         self.prob, self.threshold = prob, threshold
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
@@ -328,15 +354,52 @@ def _rows(params: dict[str, Params], start: int, count: int) -> dict[str, Params
 class ViewPipeline:
     """Transforms in order, then normalisation: one contrastive view.
 
-    ``batch``: ``{"images": (B, C, H, W) uint8, "index": (B,), "targets": (B, T) if any}``.
+    Reads ``batch["inputs"]``: ``(B, C, H, W)`` uint8 images. A pipeline made by
+    :meth:`crop_at_decode` instead reads ``batch["inputs"][slot]``, the ``(B, C, s, s)`` uint8
+    crops that the dataset took when decoding with :attr:`decode_crop` (``s = decode_crop.size``).
+    Other batch keys are not read.
+
+    Attributes:
+        transforms: the transforms applied on the device, in order.
+        normalize: the final per-channel standardisation.
+        slot: ``None`` (the whole images) or the index of this view's crops in ``batch["inputs"]``.
+        decode_crop: the :class:`RandomResizedCropFlip` the dataset applies at decode time, or
+            ``None`` (the crop, if any, is one of :attr:`transforms`).
     """
 
-    def __init__(self, transforms: list[Transform], normalize: Normalize) -> None:
+    def __init__(
+        self,
+        transforms: Sequence[Transform],
+        normalize: Normalize,
+        *,
+        slot: int | None = None,
+        decode_crop: RandomResizedCropFlip | None = None,
+    ) -> None:
         names = [t.name for t in transforms]
         if len(set(names)) != len(names):
             raise ValueError(f"ViewPipeline: transform names must be unique, got {names}")
+        if (slot is None) != (decode_crop is None):
+            raise ValueError("ViewPipeline: slot and decode_crop go together (see crop_at_decode)")
         self.transforms = list(transforms)
         self.normalize = normalize
+        self.slot, self.decode_crop = slot, decode_crop
+
+    def crop_at_decode(self, slot: int) -> "ViewPipeline":
+        """This view for a dataset that takes the leading crop when decoding.
+
+        Returns a pipeline with the same transforms but the first (a
+        :class:`RandomResizedCropFlip`, exposed as ``decode_crop`` with its ``size``, ``scale``,
+        ``ratio`` and ``flip_prob`` for the dataset) that reads ``batch["inputs"][slot]``. Applied
+        to crops taken with the same crop parameters it gives the same view as this pipeline.
+        """
+        if self.decode_crop is not None:
+            raise ValueError(f"crop_at_decode: this pipeline already reads decode-time crops (slot {self.slot})")
+        if not self.transforms or not isinstance(self.transforms[0], RandomResizedCropFlip):
+            raise ValueError(
+                "crop_at_decode: the view must start with a 'crop' transform, got "
+                f"{[t.name for t in self.transforms]}"
+            )
+        return ViewPipeline(self.transforms[1:], self.normalize, slot=slot, decode_crop=self.transforms[0])
 
     @property
     def continuous_parameters(self) -> tuple[str, ...]:
@@ -344,19 +407,32 @@ class ViewPipeline:
         ``apply`` is differentiable in."""
         return tuple(f"{t.name}.{key}" for t in self.transforms for key in t.continuous)
 
-    def sample(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, Params]:
+    def inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The uint8 images this view is made from: ``(B, C, H, W)``, or this slot's crops."""
+        inputs = batch["inputs"]
+        if self.slot is not None:
+            if not isinstance(inputs, (list, tuple)) or not -len(inputs) <= self.slot < len(inputs):
+                got = f"{len(inputs)} crops" if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+                raise ValueError(f"ViewPipeline: batch['inputs'] must be a list of per-view crops with "
+                                 f"slot {self.slot}, got {got}")
+            inputs = inputs[self.slot]
+        if not torch.is_tensor(inputs) or inputs.dtype != torch.uint8 or inputs.dim() != 4:
+            where = "batch['inputs']" if self.slot is None else f"batch['inputs'][{self.slot}]"
+            got = f"{inputs.dtype} with shape {tuple(inputs.shape)}" if torch.is_tensor(inputs) else repr(inputs)
+            raise ValueError(f"ViewPipeline: {where} must be uint8 (B, C, H, W), got {got}")
+        if self.decode_crop is not None and tuple(inputs.shape[2:]) != (self.decode_crop.size,) * 2:
+            raise ValueError(f"ViewPipeline: batch['inputs'][{self.slot}] must hold {self.decode_crop.size}-pixel "
+                             f"crops, got shape {tuple(inputs.shape)}")
+        return inputs
+
+    def sample(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Params]:
         """``{transform name: its per-sample parameters}``, drawn on the CPU with ``generator``."""
-        n = batch["inputs"].shape[0]
+        n = self.inputs(batch).shape[0]
         return {t.name: t.sample(n, generator) for t in self.transforms}
 
-    def apply(self, batch: dict[str, torch.Tensor], params: dict[str, Params]) -> torch.Tensor:
-        """The view ``(B, C, H', W')`` float32, normalised, on the images' device."""
-        images = batch["inputs"]
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
-                f"ViewPipeline: batch['inputs'] must be uint8 (B, C, H, W), "
-                f"got {images.dtype} with shape {tuple(images.shape)}"
-            )
+    def apply(self, batch: dict[str, Any], params: dict[str, Params]) -> torch.Tensor:
+        """The view ``(B, C, H', W')`` float32, normalised, on the inputs' device."""
+        images = self.inputs(batch)
         missing = [t.name for t in self.transforms if t.name not in params]
         if missing:
             raise ValueError(f"ViewPipeline: params lack {missing}; got {sorted(params)}")
@@ -373,8 +449,76 @@ class ViewPipeline:
             x = t.apply(x, params[t.name])
         return self.normalize(x)
 
-    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         return self.apply(batch, self.sample(batch, generator))
+
+
+# ---------------------------------------------------------------- views from plain data
+
+TRANSFORMS: dict[str, type] = {
+    cls.name: cls for cls in (RandomResizedCropFlip, ColorJitter, RandomGrayscale, GaussianBlur, Solarize)
+}
+"""Transform name (``augment.views[i].transforms[j].name``) -> its class; the other keys of a
+transform entry are that class's constructor arguments, except those in its ``set_by_view``."""
+
+ViewFactory = Callable[[Sequence[Mapping[str, Any]], "int | None", tuple[int, int, int], Normalize], Any]
+"""``(transforms, size, image_shape, normalize) -> one view pipeline`` (an object with
+``sample(batch, generator)``, ``apply(batch, params)``, ``continuous_parameters``)."""
+
+
+def transforms_view(
+    transforms: Sequence[Mapping[str, Any]], size: int | None, image_shape: tuple[int, int, int], normalize: Normalize
+) -> ViewPipeline:
+    """The ``transforms`` view kind: each ``{"name": ..., **arguments}`` of ``transforms`` built
+    from :data:`TRANSFORMS`, in order. ``size`` (default: the image height) is the output side
+    of the crop; without a crop the view keeps the input size and ``size`` must be ``None``."""
+    built = []
+    for spec in transforms:
+        cls = TRANSFORMS[spec["name"]]
+        by_view = {argument: size or image_shape[1] for argument in cls.set_by_view}
+        built.append(cls(**{k: v for k, v in spec.items() if k != "name"}, **by_view))
+    if size is not None and not any(type(t).set_by_view for t in built):
+        raise ValueError(f"size={size} needs a 'crop' transform (without one the view keeps the input size)")
+    return ViewPipeline(built, normalize)
+
+
+VIEW_KINDS: dict[str, ViewFactory] = {"transforms": transforms_view}
+"""View kind (``augment.views[i].kind``) -> its factory. ``transforms`` is the generic kind;
+datasets register their own (:func:`register_view_kind`)."""
+
+
+def register_view_kind(name: str, factory: ViewFactory) -> None:
+    """Make ``augment.views[i].kind: name`` build its views with ``factory`` (e.g. Spirograph's
+    re-rendering with fresh nuisance); such kinds take no transforms."""
+    if name in VIEW_KINDS:
+        raise ValueError(f"view kind '{name}' is registered twice")
+    VIEW_KINDS[name] = factory
+
+
+def build_pipelines(
+    views: Sequence[Mapping[str, Any]], *, image_shape: tuple[int, int, int], normalize: Normalize
+) -> list:
+    """One pipeline per view, in order: view ``i`` stands for ``views[i]["count"]`` pipelines.
+
+    Args:
+        views: ``{"count": int, "size": int | None, "kind": str, "transforms": [{"name", ...}]}``
+            each (the ``augment.views`` schema, values already validated).
+        image_shape: ``(C, H, W)`` of the input images.
+        normalize: the final standardisation, one mean per channel.
+    """
+    if len(normalize.mean) != image_shape[0]:
+        raise ValueError(f"normalisation has {len(normalize.mean)} channels but images have {image_shape[0]}")
+    pipelines = []
+    for i, view in enumerate(views):
+        if view["kind"] not in VIEW_KINDS:
+            raise ValueError(f"views[{i}]: unknown view kind '{view['kind']}'; available: {', '.join(VIEW_KINDS)}")
+        factory = VIEW_KINDS[view["kind"]]
+        try:
+            pipelines += [factory(view["transforms"], view["size"], image_shape, normalize)
+                          for _ in range(view["count"])]
+        except ValueError as err:
+            raise ValueError(f"views[{i}]: {err}") from None
+    return pipelines
 
 
 SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue per unit strength
@@ -383,7 +527,8 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL's factors exactly, at strength 1
 
 @dataclass(frozen=True)
 class ViewPreset:
-    """One row of :data:`PRESETS`; the per-view pairs are (view 1, view 2)."""
+    """One row of :data:`PRESETS`; the per-view pairs are (view 1, view 2). A preset of another
+    ``kind`` than ``transforms`` is two views of that kind (the other fields are unused)."""
 
     summary: str
     colour: bool = True  # colour jitter + grayscale
@@ -391,7 +536,7 @@ class ViewPreset:
     jitter_per_unit: tuple[float, float, float, float] = SIMCLR_JITTER
     blur_prob: tuple[float, float] = (0.0, 0.0)
     solarize_prob: tuple[float, float] = (0.0, 0.0)
-    spirograph: bool = False  # re-render with fresh nuisance instead of transforming images
+    kind: str = "transforms"
 
 
 PRESETS: dict[str, ViewPreset] = {
@@ -407,16 +552,20 @@ PRESETS: dict[str, ViewPreset] = {
         solarize_prob=(0.0, 0.2),
     ),
     "crop-only": ViewPreset("random resized crop + horizontal flip only", colour=False),
-    "spirograph": ViewPreset("Spirograph: re-render the targets with fresh nuisance", spirograph=True),
 }
+"""``augment.preset`` -> its row; datasets add their own (:func:`register_preset`)."""
 
 
-def build_views(
+def register_preset(name: str, preset: ViewPreset) -> None:
+    """Make ``augment.preset: name`` available (e.g. Spirograph's, of its own view kind)."""
+    if name in PRESETS:
+        raise ValueError(f"augmentation preset '{name}' is registered twice")
+    PRESETS[name] = preset
+
+
+def preset_views(
     preset: str,
     *,
-    image_size: int,
-    channels: int,
-    normalize: Normalize,
     size: int | None = None,
     crop_scale: tuple[float, float] = (0.08, 1.0),
     jitter_strength: float | None = None,
@@ -424,25 +573,21 @@ def build_views(
     gray_prob: float = 0.2,
     blur_prob: tuple[float, float] | None = None,
     solarize_prob: tuple[float, float] | None = None,
-) -> list[ViewPipeline] | list[SpirographViews]:
-    """The two view pipelines of ``preset``; ``None`` arguments take the preset's value.
+    flip_prob: float = 0.5,
+) -> list[dict[str, Any]]:
+    """The two views of ``preset`` in the ``augment.views`` schema; ``None`` arguments take the
+    preset's value (the ``augment`` preset fields).
 
-    ``image_size`` / ``channels`` describe the input images, ``size`` the output crop side
-    (default ``image_size``). ``crop-only`` ignores the colour arguments; ``spirograph``
-    ignores all augmentation arguments (it needs 3-channel 32x32 images).
+    Each view: crop (output side ``size``, ``crop_scale``, ``flip_prob``), then for colour presets
+    jitter (``jitter_strength`` times the preset's per-unit magnitudes, ``jitter_prob``) and
+    grayscale (``gray_prob``), then blur and solarize where the view's probability is > 0.
+    ``crop-only`` ignores the colour arguments; presets of another kind ignore all but ``size``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; valid: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
-    if len(normalize.mean) != channels:
-        raise ValueError(f"normalisation has {len(normalize.mean)} channels but images have {channels}")
-    if spec.spirograph:
-        if (image_size, channels, size or image_size) != (SPIROGRAPH_SIZE, 3, SPIROGRAPH_SIZE):
-            raise ValueError(
-                f"preset 'spirograph' renders 3 x {SPIROGRAPH_SIZE} x {SPIROGRAPH_SIZE} images, "
-                f"got channels={channels}, image_size={image_size}, size={size}"
-            )
-        return [SpirographViews(normalize), SpirographViews(normalize)]
+    if spec.kind != "transforms":
+        return [{"count": 2, "size": size, "kind": spec.kind, "transforms": []}]
     strength = spec.jitter_strength if jitter_strength is None else jitter_strength
     if strength < 0:
         raise ValueError(f"jitter_strength must be >= 0, got {strength}")
@@ -453,13 +598,23 @@ def build_views(
             raise ValueError(f"{field} must give one probability per view (2 values), got {pair}")
     views = []
     for view in range(2):
-        transforms: list[Transform] = [RandomResizedCropFlip(size or image_size, scale=crop_scale)]
+        transforms: list[dict[str, Any]] = [{"name": "crop", "scale": tuple(crop_scale), "flip_prob": flip_prob}]
         if spec.colour:
-            jitter = [strength * unit for unit in spec.jitter_per_unit]
-            transforms += [ColorJitter(*jitter, prob=jitter_prob), RandomGrayscale(gray_prob)]
+            b, c, s, h = (strength * unit for unit in spec.jitter_per_unit)
+            transforms.append(
+                {"name": "jitter", "brightness": b, "contrast": c, "saturation": s, "hue": h, "prob": jitter_prob}
+            )
+            transforms.append({"name": "gray", "prob": gray_prob})
         if blur[view] > 0:
-            transforms.append(GaussianBlur(blur[view]))
+            transforms.append({"name": "blur", "prob": blur[view]})
         if solarize[view] > 0:
-            transforms.append(Solarize(solarize[view]))
-        views.append(ViewPipeline(transforms, normalize))
+            transforms.append({"name": "solarize", "prob": solarize[view]})
+        views.append({"count": 1, "size": size, "kind": "transforms", "transforms": transforms})
     return views
+
+
+def build_views(preset: str, *, image_size: int, channels: int, normalize: Normalize, **fields: Any) -> list:
+    """The two view pipelines of ``preset`` for ``channels x image_size x image_size`` images;
+    ``fields`` are :func:`preset_views`' keyword arguments (``size``, ``crop_scale``, ...)."""
+    views = preset_views(preset, **fields)
+    return build_pipelines(views, image_shape=(channels, image_size, image_size), normalize=normalize)

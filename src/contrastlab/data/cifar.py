@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, find_subfolder, require_file, require_root, take_subset
+from contrastlab.data.registry import DATASETS
 
 CIFAR_SHAPE = (3, 32, 32)
 

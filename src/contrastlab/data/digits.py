@@ -7,9 +7,9 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import ImageData
 from contrastlab.data.files import check_split, take_subset
+from contrastlab.data.registry import DATASETS
 
 TEST_SIZE = 360
 SPLIT_SEED = 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import require_root
+from contrastlab.data.registry import DATASETS
 from contrastlab.data.stream import ImageFiles, image_dataset
 
 

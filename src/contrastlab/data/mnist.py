@@ -8,9 +8,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, open_maybe_gzip, require_root, subset_index
+from contrastlab.data.registry import DATASETS
 
 IDX_UBYTE = 0x08
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}

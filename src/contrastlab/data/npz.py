@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import require_file, require_root, take_subset
+from contrastlab.data.registry import DATASETS
 
 CHANNEL_COUNTS = (1, 3)
 

@@ -5,7 +5,9 @@ interest are the regression targets, ``(m, b, sigma, f_r)``; six nuisance parame
 ``alpha = (h, b_r, f_g, b_g, f_b, b_b)`` change the image but not the targets. Every
 parameter is an independent uniform (ranges below). Training re-renders the same targets
 with fresh nuisance parameters for each contrastive view (:class:`SpirographViews`), and
-InvCLR differentiates the representation w.r.t. those parameters.
+InvCLR differentiates the representation w.r.t. those parameters. This module registers the
+view kind ``spirograph`` (``augment.views[i].kind``) and the preset ``spirograph``
+(``augment.preset``) with :mod:`contrastlab.data.augment`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Sequence
 
 import torch
 
-from contrastlab.data import DATASETS
+from contrastlab.data.augment import ViewPreset, register_preset, register_view_kind
 from contrastlab.data.base import ImageData
+from contrastlab.data.perturbation import check_strengths, register_perturbation
 from contrastlab.data.preprocess import Normalize
+from contrastlab.data.registry import DATASETS
 
 FACTOR_NAMES = ("m", "b", "sigma", "f_r")
 FACTOR_LOW = (2.0, 0.1, 0.25, 0.4)
@@ -166,8 +170,9 @@ def load(split: str, root: str | None = None, size: int | None = None, seed: int
 class SpirographViews:
     """A contrastive view of Spirograph: re-render the batch's targets with fresh nuisance.
 
-    Same interface as :class:`contrastlab.data.augment.ViewPipeline`. ``low`` / ``high``
-    override the nuisance ranges (see :func:`sample_nuisance`).
+    Same interface as :class:`contrastlab.data.augment.ViewPipeline`; reads
+    ``batch["targets"]`` only (``batch["inputs"]``, the stored images, are not used). ``low`` /
+    ``high`` override the nuisance ranges (see :func:`sample_nuisance`).
     """
 
     continuous_parameters = ("nuisance",)  # params paths that ``apply`` is differentiable in
@@ -199,3 +204,48 @@ class SpirographViews:
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         return self.apply(batch, self.sample(batch, generator))
+
+
+# Robustness to test-time nuisance: the perturbation of Spirograph views, which
+# contrastlab.eval.robustness.perturbation_for finds through register_perturbation.
+BACKGROUND = tuple(NUISANCE_NAMES.index(name) for name in ("b_r", "b_g", "b_b"))
+
+
+@register_perturbation(SpirographViews)
+class BackgroundShift:
+    """Spirograph: re-render the test targets with fresh nuisance whose background colour
+    ranges ``(b_r, b_g, b_b)`` are shifted up by the strength ``s``: U(low + s, high + s); the
+    other nuisance keeps its training range. ``s = 0`` is a fresh draw from the training
+    distribution; ``s`` may go up to :attr:`max_strength`, where the colour reaches 1."""
+
+    name = "Spirograph background shift"
+    max_strength = 1.0 - max(NUISANCE_HIGH[i] for i in BACKGROUND)
+
+    def __init__(self, normalize: Normalize) -> None:
+        self.normalize = normalize
+
+    def __call__(self, strength: float) -> SpirographViews:
+        check_strengths([strength], self)
+        low, high = list(NUISANCE_LOW), list(NUISANCE_HIGH)
+        for i in BACKGROUND:
+            low[i] += strength
+            high[i] += strength
+        return SpirographViews(self.normalize, low, high)
+
+
+def spirograph_view(
+    transforms: Sequence[dict], size: int | None, image_shape: tuple[int, int, int], normalize: Normalize
+) -> SpirographViews:
+    """The ``spirograph`` view kind (a :data:`~contrastlab.data.augment.ViewFactory`): a fresh
+    rendering of the batch's targets, for 3 x 32 x 32 Spirograph data, with no transforms."""
+    if transforms:
+        raise ValueError("spirograph views re-render the targets and take no transforms, got "
+                         f"{[t['name'] for t in transforms]}")
+    if tuple(image_shape) != (3, IMAGE_SIZE, IMAGE_SIZE) or size not in (None, IMAGE_SIZE):
+        raise ValueError(f"spirograph views render 3 x {IMAGE_SIZE} x {IMAGE_SIZE} images, got images of shape "
+                         f"{tuple(image_shape)} and size={size}")
+    return SpirographViews(normalize)
+
+
+register_view_kind("spirograph", spirograph_view)
+register_preset("spirograph", ViewPreset("Spirograph: re-render the targets with fresh nuisance", kind="spirograph"))

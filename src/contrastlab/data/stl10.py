@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contrastlab.data import DATASETS
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, find_subfolder, require_file, require_root, subset_index
+from contrastlab.data.registry import DATASETS
 
 STL_SHAPE = (3, 96, 96)
 IMAGE_BYTES = int(np.prod(STL_SHAPE))

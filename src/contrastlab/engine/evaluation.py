@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 
-from contrastlab.config import Config, ConfigError
+from contrastlab.core.config import Config, ConfigError
 from contrastlab.data.dataset import Dataset
+from contrastlab.data.perturbation import check_strengths
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
 from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
-from contrastlab.eval.robustness import check_strengths, format_robustness, perturbation_for, robustness_curve
+from contrastlab.eval.robustness import format_robustness, perturbation_for, robustness_curve
 from contrastlab.report.plots import plot_run
 
 EMBEDDING_PLOT_POINTS = 2000
@@ -56,7 +57,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
 
     def evaluate_backbone(backbone: torch.nn.Module) -> dict[str, Any]:
         backbone.to(device)
-        column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views,
+        column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views[:2],
                           generator=torch.Generator().manual_seed(cfg.data.seed), num_workers=workers,
                           **probes, **common)
         if perturb is not None:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from contrastlab.core.distributed import DistEnv, shard_indices
 from contrastlab.data.dataset import SampleKey, sample_seed
-from contrastlab.engine.distributed import DistEnv, shard_indices
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:

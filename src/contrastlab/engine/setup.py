@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from contrastlab.config import Config, ConfigError, DataConfig, MethodConfig
+from contrastlab.core.config import Config, ConfigError, DataConfig, MethodConfig
 from contrastlab.data import DATASETS
-from contrastlab.data.augment import build_views
+from contrastlab.data.augment import RandomResizedCropFlip, build_pipelines
 from contrastlab.data.dataset import Dataset
 from contrastlab.data.loading import eval_batches
+from contrastlab.data.view_config import check_views
 from contrastlab.data.preprocess import LabNormalize, Normalize, channel_stats
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method
@@ -107,22 +109,32 @@ def fill_train_sized_fields(method: MethodConfig, train_size: int) -> None:
 
 
 def make_views(cfg: Config, data: RunData) -> list:
-    """The two view pipelines of ``cfg.augment`` for this data."""
+    """The view pipelines of the run, in order: ``cfg.augment.views``, or when it is null the
+    method's default views (``Method.default_views`` from the preset fields). A view entry of
+    ``count`` k gives k pipelines.
+
+    Raises :class:`ConfigError` naming ``augment.views`` when the number of views is not one
+    the method accepts (``Method.accepted_views``), and naming the view (or the preset) that
+    cannot be built for this data.
+    """
     a = cfg.augment
-    channels, height, _ = data.train.shape
-    return build_views(
-        a.preset,
-        image_size=height,
-        channels=channels,
-        normalize=data.normalize,
-        size=a.size,
-        crop_scale=a.crop_scale,
-        jitter_strength=a.jitter_strength,
-        jitter_prob=a.jitter_prob,
-        gray_prob=a.gray_prob,
-        blur_prob=a.blur_prob,
-        solarize_prob=a.solarize_prob,
-    )
+    method = METHODS.get(cfg.method.name)
+    if a.views is not None:
+        key, views = "augment.views", check_views(a.views, "augment.views")
+    else:
+        key = f"augment.preset ('{a.preset}', the default views of method '{cfg.method.name}')"
+        views = check_views(method.default_views(a), key)
+    count = sum(view.count for view in views)
+    low, high = method.accepted_views(cfg.method)
+    if count < low or (high is not None and count > high):
+        accepted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+        raise ConfigError(f"augment.views: method '{cfg.method.name}' takes {accepted} views, got {count} "
+                          f"(counts {[view.count for view in views]})")
+    try:
+        return build_pipelines([dataclasses.asdict(view) for view in views], image_shape=data.train.shape,
+                               normalize=data.normalize)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def training_views(train: Dataset, views: list) -> tuple[Dataset, list]:
@@ -154,10 +166,12 @@ def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int)
     return method
 
 
-def view_shape(cfg: Config, data: RunData) -> tuple[int, int, int]:
-    """``(C, H, W)`` of a training view (the crop size when ``augment.size`` is set)."""
+def view_shape(data: RunData, views: list) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the first training view (the backbone is built for it): its crop's size
+    when it starts with a crop, else the image size."""
     channels, height, width = data.train.shape
-    size = cfg.augment.size
+    first = views[0].transforms[0] if getattr(views[0], "transforms", None) else None
+    size = getattr(first, "size", None) if isinstance(first, RandomResizedCropFlip) else None
     return (channels, size, size) if size else (channels, height, width)
 
 

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from contrastlab.config import Config, OptimConfig, save_config
+from contrastlab.core.config import Config, OptimConfig, save_config
+from contrastlab.core.distributed import DistEnv, all_reduce_mean
+from contrastlab.core.optim import build_optimizer, learning_rate, optimizer_over, set_learning_rate
 from contrastlab.data.dataset import Batch, batch_to, num_classes
 from contrastlab.data.loading import BatchLoader
 from contrastlab.engine import checkpoint as ckpt
-from contrastlab.engine.distributed import DistEnv, all_reduce_mean, maybe_sync_batchnorm, wrap_ddp
+from contrastlab.engine.distributed import maybe_sync_batchnorm, wrap_ddp
 from contrastlab.engine.metrics import MetricsLogger
-from contrastlab.engine.optim import build_optimizer, learning_rate, optimizer_over, set_learning_rate
 from contrastlab.engine.sampler import EpochBatches, epoch_generator
 from contrastlab.engine.setup import (
     autocast_dtype,
@@ -57,7 +58,7 @@ class Trainer:
 
         self.data = load_data(cfg)
         views = make_views(cfg, self.data)
-        self.input_shape = view_shape(cfg, self.data)
+        self.input_shape = view_shape(self.data, views)
         train_set, self.views = training_views(self.data.train, views)
         method = make_method(cfg, self.input_shape, len(self.data.train))
         method = maybe_sync_batchnorm(method, cfg.train.sync_batchnorm, env).to(self.device)

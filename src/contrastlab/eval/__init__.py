@@ -15,7 +15,6 @@ from contrastlab.eval.knn import knn_accuracy
 from contrastlab.eval.linear import fit_linear_classifier, linear_probe
 from contrastlab.eval.regression import fit_ridge, ridge_regression
 from contrastlab.eval.robustness import (
-    BackgroundShift,
     JitterShift,
     format_robustness,
     perturbation_for,
@@ -23,7 +22,6 @@ from contrastlab.eval.robustness import (
 )
 
 __all__ = [
-    "BackgroundShift",
     "JitterShift",
     "alignment",
     "averaged_features",

@@ -5,64 +5,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from contrastlab.data.augment import ColorJitter, ViewPipeline
 from contrastlab.data.dataset import Dataset
+from contrastlab.data.perturbation import Perturbation, check_strengths, registered_perturbation
 from contrastlab.data.preprocess import Normalize
-from contrastlab.data.spirograph import NUISANCE_HIGH, NUISANCE_LOW, NUISANCE_NAMES, SpirographViews
 from contrastlab.eval.averaging import View, averaged_features
 from contrastlab.eval.evaluate import format_results_table, probe_metrics, probe_subset
 from contrastlab.eval.features import extract_features
 
-BACKGROUND = tuple(NUISANCE_NAMES.index(name) for name in ("b_r", "b_g", "b_b"))
 HEADLINE_METRICS = (("knn", "accuracy"), ("linear", "accuracy"), ("regression", "r2_mean"),
                     ("regression", "mse_mean"))
-
-
-class Perturbation(Protocol):
-    """Strength -> the view pipeline that perturbs test images that much (0 = no shift)."""
-
-    name: str  # what the strength measures, for error messages
-    max_strength: float
-
-    def __call__(self, strength: float) -> View: ...
-
-
-def check_strengths(strengths: Sequence[float], perturb: Perturbation) -> None:
-    """Raise ``ValueError`` unless there is at least one strength and each lies in
-    ``[0, perturb.max_strength]``."""
-    if len(strengths) == 0:
-        raise ValueError(f"{perturb.name}: robustness needs at least one strength, got none")
-    for strength in strengths:
-        if not 0.0 <= strength <= perturb.max_strength:
-            raise ValueError(
-                f"{perturb.name} strength {strength} must lie in [0, {perturb.max_strength:g}]"
-            )
-
-
-class BackgroundShift:
-    """Spirograph: re-render the test targets with fresh nuisance whose background colour
-    ranges ``(b_r, b_g, b_b)`` are shifted up by the strength ``s``: U(low + s, high + s); the
-    other nuisance keeps its training range. ``s = 0`` is a fresh draw from the training
-    distribution; ``s`` may go up to :attr:`max_strength`, where the colour reaches 1."""
-
-    name = "Spirograph background shift"
-    max_strength = 1.0 - max(NUISANCE_HIGH[i] for i in BACKGROUND)
-
-    def __init__(self, normalize: Normalize) -> None:
-        self.normalize = normalize
-
-    def __call__(self, strength: float) -> SpirographViews:
-        check_strengths([strength], self)
-        low, high = list(NUISANCE_LOW), list(NUISANCE_HIGH)
-        for i in BACKGROUND:
-            low[i] += strength
-            high[i] += strength
-        return SpirographViews(self.normalize, low, high)
 
 
 class JitterShift:
@@ -83,9 +39,10 @@ class JitterShift:
 
 
 def perturbation_for(view: View, normalize: Normalize) -> Perturbation:
-    """The perturbation matching a run's training view: :class:`BackgroundShift` for Spirograph
-    (:class:`SpirographViews`), :class:`JitterShift` for every other dataset."""
-    return BackgroundShift(normalize) if isinstance(view, SpirographViews) else JitterShift(normalize)
+    """The perturbation matching a run's training view: the one its dataset registers for the
+    view's pipeline class (:func:`~contrastlab.data.perturbation.register_perturbation`, e.g.
+    Spirograph's background shift), :class:`JitterShift` for every other view."""
+    return (registered_perturbation(view) or JitterShift)(normalize)
 
 
 def robustness_curve(

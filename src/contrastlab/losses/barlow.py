@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contrastlab.engine.distributed import gather_with_grad
+from contrastlab.core.distributed import gather_with_grad
 
 EPS = 1e-5  # as BatchNorm1d(affine=False), which the reference implementation uses
 

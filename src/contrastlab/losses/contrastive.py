@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from contrastlab.engine.distributed import gather_with_grad, rank_and_world
+from contrastlab.core.distributed import gather_with_grad, rank_and_world
 from contrastlab.losses.logsumexp import log_softmax, logsumexp
 
 LOSS_KINDS = ("infonce", "dcl", "hcl")

@@ -1,9 +1,8 @@
 """Methods: one module each, registered by name in ``METHODS``."""
 
-from contrastlab.registry import Registry
+from contrastlab.methods.registry import METHODS
 
-METHODS: Registry = Registry("method")
-
-from contrastlab.methods import barlow_twins, byol, invclr, metamask, metaug, metaug_lab, moco, simclr  # noqa: E402,F401  (registers)
+# Importing the method modules registers them.
+from contrastlab.methods import barlow_twins, byol, invclr, metamask, metaug, metaug_lab, moco, simclr  # noqa: F401
 
 __all__ = ["METHODS"]

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.losses import barlow_twins_loss
-from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass
@@ -37,6 +37,6 @@ class BarlowTwins(Method):
         self.projector = self.make_projector()
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
-        h, z1, z2 = self.project_views(step)
+        (h1, _), (z1, z2) = self.project_views(step)
         loss = self.cfg.scale_loss * barlow_twins_loss(z1, z2, self.cfg.lambd)
-        return {"loss": loss, "features": h[: z1.shape[0]].detach()}
+        return {"loss": loss, "features": h1.detach()}

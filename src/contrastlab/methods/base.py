@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from contrastlab.config import MethodConfig, OptimConfig
-from contrastlab.models.heads import MLPHead
+from contrastlab.components.heads import MLPHead
+from contrastlab.core.config import AugmentConfig, MethodConfig, OptimConfig, ViewConfig
+from contrastlab.data.augment import preset_views
 
 
 @dataclass
@@ -77,16 +78,43 @@ class Method(nn.Module):
             num_layers=self.cfg.proj_layers,
         )
 
-    def project_views(self, step: StepInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backbone and ``self.projector`` on both views as one batch.
+    @classmethod
+    def default_views(cls, augment: AugmentConfig) -> list[ViewConfig]:
+        """The views used when ``augment.views`` is null, made from ``augment``'s preset fields.
 
-        Returns ``h: (2B, D)`` backbone features (view 1's rows first) and the projections
-        ``z1, z2: (B, P)``.
+        By default the preset's two views (:func:`~contrastlab.data.augment.preset_views`); a
+        method overrides this to declare its own (an asymmetric pair, global + local crops).
         """
-        x1, x2 = step.views
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).chunk(2)
-        return h, z1, z2
+        fields = {key: getattr(augment, key) for key in ("size", "crop_scale", "flip_prob", "jitter_strength",
+                                                         "jitter_prob", "gray_prob", "blur_prob", "solarize_prob")}
+        return [ViewConfig(**view) for view in preset_views(augment.preset, **fields)]
+
+    @classmethod
+    def accepted_views(cls, cfg: MethodConfig) -> tuple[int, int | None]:
+        """``(fewest, most)`` views the method trains on with ``cfg`` (``None``: no upper
+        bound); exactly two by default."""
+        return 2, 2
+
+    def project_views(self, step: StepInput) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Backbone and ``self.projector`` on every view; views of the same shape go through as
+        one batch (their rows concatenated in view order, so BatchNorm sees the group's
+        statistics), one group per shape in order of first appearance.
+
+        Returns ``(features, projections)``: per view ``k``, in view order, the backbone
+        features ``h_k: (B, D)`` and the projections ``z_k: (B, P)``. With two views of one
+        shape this is one backbone pass on ``cat([x_1, x_2])``, as before multi-crop.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, x in enumerate(step.views):
+            groups.setdefault(tuple(x.shape), []).append(k)
+        features: list[torch.Tensor] = [None] * len(step.views)  # type: ignore[list-item]
+        projections: list[torch.Tensor] = [None] * len(step.views)  # type: ignore[list-item]
+        for members in groups.values():
+            h = self.backbone(torch.cat([step.views[k] for k in members]))
+            z = self.projector(h)
+            for k, h_k, z_k in zip(members, h.chunk(len(members)), z.chunk(len(members))):
+                features[k], projections[k] = h_k, z_k
+        return features, projections
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         """Returns ``{"loss": scalar, "features": (B, D) detached backbone output of view 0,

@@ -1,4 +1,10 @@
-"""BYOL (Grill et al., 2020): predict an EMA target network's projection of the other view."""
+"""BYOL (Grill et al., 2020): predict an EMA target network's projection of the other view.
+
+``method.symmetric: false`` makes the pair one-way, for a weak teacher view and a strong student
+view (as ISD or FixMatch-style pipelines do): the target network sees view 0 only, the online
+network predicts it from view 1 only, and the loss is the one term ``byol_loss(p_1, t_0)`` (the
+symmetric loss is the sum of both directions, so about twice as large).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contrastlab.config import MethodConfig
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
+from contrastlab.core.config import MethodConfig
 from contrastlab.losses import byol_loss
-from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.momentum import EMATeacher, cosine_momentum
-from contrastlab.models.heads import MLPHead
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass
@@ -22,6 +28,7 @@ class BYOLConfig(MethodConfig):
     pred_hidden_dim: int = 4096
     base_momentum: float = 0.996  # cosine schedule from base to final over training
     final_momentum: float = 1.0
+    symmetric: bool = True  # false: teacher on view 0 (weak), student on view 1 (strong)
 
 
 @METHODS.register("byol", "BYOL: predictor + EMA target, symmetric cosine loss (Grill et al., 2020)")
@@ -35,7 +42,13 @@ class BYOL(Method):
         self.teacher = EMATeacher(self.backbone, self.projector)
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        """``features``: the online backbone's output on view 0, or on view 1 (the only view it
+        sees) when not ``symmetric``."""
         x1, x2 = step.views
+        if not self.cfg.symmetric:
+            h = self.backbone(x2)
+            loss = byol_loss(self.predictor(self.projector(h)), self.teacher(x1))
+            return {"loss": loss, "features": h.detach()}
         both = torch.cat([x1, x2])
         h = self.backbone(both)
         p1, p2 = self.predictor(self.projector(h)).chunk(2)

@@ -35,9 +35,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from contrastlab.methods import METHODS
-from contrastlab.methods.base import StepInput
-from contrastlab.methods.invariance import (
+from contrastlab.components.invariance import (
     Projection,
     directional_sensitivity,
     first_rows,
@@ -45,6 +43,8 @@ from contrastlab.methods.invariance import (
     projected_sensitivity_reverse,
     replace,
 )
+from contrastlab.methods.base import StepInput
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.simclr import SimCLR, SimCLRConfig
 from contrastlab.models.batchnorm import batch_statistics_only
 

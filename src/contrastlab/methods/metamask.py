@@ -52,14 +52,8 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor, nn
 
-from contrastlab.config import MethodConfig
-from contrastlab.engine.distributed import rank_and_world
-from contrastlab.eval.diagnostics import effective_rank
-from contrastlab.engine.optim import LARS
-from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
-from contrastlab.methods import METHODS
-from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import (
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.meta import (
     Grads,
     SecondOrder,
     Params,
@@ -73,7 +67,13 @@ from contrastlab.methods.meta import (
     restore_momentum_buffers,
     surrogate_loss,
 )
-from contrastlab.models.heads import MLPHead
+from contrastlab.core.config import MethodConfig
+from contrastlab.core.distributed import rank_and_world
+from contrastlab.core.optim import LARS
+from contrastlab.eval.diagnostics import effective_rank
+from contrastlab.losses import barlow_twins_loss, cross_correlation, nt_xent
+from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 MaskActivation = Literal["sigmoid", "none"]
 MetaMaskOrder = Literal["second", "first", "finite_difference", "none"]

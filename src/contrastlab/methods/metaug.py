@@ -53,12 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastlab.config import MethodConfig
-from contrastlab.engine.distributed import rank_and_world
-from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
-from contrastlab.methods import METHODS
-from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.meta import (
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.meta import (
     SecondOrder,
     Params,
     encoder_parameters,
@@ -70,7 +66,11 @@ from contrastlab.methods.meta import (
     restore_momentum_buffers,
     surrogate_loss,
 )
-from contrastlab.models.heads import MLPHead
+from contrastlab.core.config import MethodConfig
+from contrastlab.core.distributed import rank_and_world
+from contrastlab.losses import MARGIN_TYPES, margin_injection, oucl
+from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 MetAugOrder = Literal["second", "first", "none"]
 ENCODER_PARTS = ("backbone", "projector")

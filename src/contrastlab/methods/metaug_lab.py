@@ -31,8 +31,8 @@ with those calls' negative draws. The all-generators call is not in MI.
 The generators are meta-learned exactly as in :mod:`contrastlab.methods.metaug` (``meta_order``
 ``second | first | none``, ``meta_every``, plain virtual step ``inner_lr``, their own SGD with
 ``gen_lr`` never decayed, momentum buffers as extra state), through
-:func:`~contrastlab.methods.meta.meta_gradient` sharing the real step's gradient
-(:func:`~contrastlab.methods.meta.surrogate_loss`).
+:func:`~contrastlab.components.meta.meta_gradient` sharing the real step's gradient
+(:func:`~contrastlab.components.meta.surrogate_loss`).
 
 Deviations from the official code (``train_MetAug.py``):
 
@@ -65,15 +65,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastlab.engine.distributed import rank_and_world
+from contrastlab.components.heads import MLPHead
+from contrastlab.components.meta import Params, forward_at
+from contrastlab.core.distributed import rank_and_world
 from contrastlab.losses import margin_injection, oucl
-from contrastlab.methods import METHODS
 from contrastlab.methods.base import StepInput
-from contrastlab.methods.meta import Params, forward_at
 from contrastlab.methods.metaug import GeneratorMetaLearning, MetAugConfig
 from contrastlab.methods.metaug import check_config as check_metaug_config
+from contrastlab.methods.registry import METHODS
 from contrastlab.models.backbones import LAB_VIEWS, LabSplit
-from contrastlab.models.heads import MLPHead
 
 # Directed view pairs (anchor view u, bank view w), u != w, in the official order:
 # ab->M_L, L->M_ab, ori->M_L, L->M_ori, ab->M_ori, ori->M_ab (views indexed as LAB_VIEWS).

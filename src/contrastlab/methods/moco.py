@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from contrastlab.components.momentum import EMATeacher, cosine_momentum
+from contrastlab.components.queue import FeatureQueue
+from contrastlab.components.shuffle_bn import shuffled_forward
 from contrastlab.losses import contrastive_loss, queue_pairs
-from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
-from contrastlab.methods.momentum import EMATeacher, cosine_momentum
-from contrastlab.methods.queue import FeatureQueue
-from contrastlab.methods.shuffle_bn import shuffled_forward
+from contrastlab.methods.registry import METHODS
 from contrastlab.methods.simclr import ContrastiveConfig
 
 

@@ -1,6 +1,16 @@
-"""SimCLR (Chen et al., 2020): NT-Xent between the projections of two views.
+"""SimCLR (Chen et al., 2020): NT-Xent between the projections of two views, or of global and
+local crops (multi-crop).
 
 ``method.loss`` switches the contrastive loss to DCL or HCL on the same batch negatives.
+
+Multi-crop (our reading, in the style of SwAV's multi-crop, Caron et al., 2020): with N > 2
+views, the first ``method.num_global`` views are the global ones; the loss averages NT-Xent over
+the pairs ``(g, v)`` of a global view ``g`` and every other view ``v != g`` (local crops are
+never paired with each other). NT-Xent is symmetric in its two views, so ``(g, v)`` and
+``(v, g)`` with both global give the same value; ``method.pairs`` says how such pairs count:
+``ordered`` (the default, SwAV's "for each global view, every other view": a global-global pair
+weighs twice a global-local one) or ``unordered`` (every pair of views once). With two views
+both readings are the single NT-Xent of SimCLR.
 """
 
 from __future__ import annotations
@@ -10,10 +20,10 @@ from typing import Literal
 
 import torch
 
-from contrastlab.config import MethodConfig
+from contrastlab.core.config import MethodConfig
 from contrastlab.losses import nt_xent
-from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.registry import METHODS
 
 
 @dataclass
@@ -31,7 +41,15 @@ class ContrastiveConfig(MethodConfig):
 
 @dataclass
 class SimCLRConfig(ContrastiveConfig):
-    pass
+    num_global: int = 2  # multi-crop: the first num_global views are global (see the module docstring)
+    pairs: Literal["ordered", "unordered"] = "ordered"  # how a pair of two global views counts
+
+
+def multicrop_pairs(num_views: int, num_global: int, ordered: bool) -> list[tuple[int, int, int]]:
+    """``(a, b, weight)`` for each unordered pair of views ``a < b`` with ``a`` global
+    (``a < num_global``): weight 2 when both are global and ``ordered``, else 1."""
+    return [(a, b, 2 if ordered and b < num_global else 1)
+            for a in range(min(num_global, num_views)) for b in range(a + 1, num_views)]
 
 
 @METHODS.register("simclr", "SimCLR: NT-Xent (or DCL/HCL) between two augmented views (Chen et al., 2020)")
@@ -42,9 +60,23 @@ class SimCLR(Method):
         super().__init__(cfg, backbone)
         if cfg.temperature <= 0:
             raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
+        if cfg.num_global < 1:
+            raise ValueError(f"method.num_global must be >= 1 (global views), got {cfg.num_global}")
         self.projector = self.make_projector()
 
+    @classmethod
+    def accepted_views(cls, cfg: SimCLRConfig) -> tuple[int, int | None]:
+        """At least two views and at least ``num_global``; no upper bound."""
+        return max(2, cfg.num_global), None
+
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
-        h, z1, z2 = self.project_views(step)
-        loss = nt_xent(z1, z2, self.cfg.temperature, **self.cfg.loss_options())
-        return {"loss": loss, "features": h[: z1.shape[0]].detach()}
+        """Two views: NT-Xent between them. N views: the weighted mean of NT-Xent over
+        :func:`multicrop_pairs` (see the module docstring). ``features``: view 0's backbone output."""
+        low, _ = self.accepted_views(self.cfg)
+        if len(step.views) < low:
+            raise ValueError(f"SimCLR with num_global={self.cfg.num_global} needs at least {low} views, "
+                             f"got {len(step.views)}")
+        h, z = self.project_views(step)
+        pairs = multicrop_pairs(len(z), self.cfg.num_global, self.cfg.pairs == "ordered")
+        total = sum(w * nt_xent(z[a], z[b], self.cfg.temperature, **self.cfg.loss_options()) for a, b, w in pairs)
+        return {"loss": total / sum(w for _, _, w in pairs), "features": h[0].detach()}

@@ -1,6 +1,5 @@
-"""Backbones (``BACKBONES``, :func:`build_backbone`) and projection / prediction heads."""
+"""Backbones (``BACKBONES``, :func:`build_backbone`)."""
 
 from contrastlab.models.backbones import BACKBONES, build_backbone
-from contrastlab.models.heads import MLPHead
 
-__all__ = ["BACKBONES", "MLPHead", "build_backbone"]
+__all__ = ["BACKBONES", "build_backbone"]

@@ -1,5 +1,5 @@
 """Image encoders (ResNet-18/34/50, a small ConvNet, an MLP, CMC's half AlexNet, the Lab channel
-split of MetAug/CMC) and the ``BACKBONES`` registry.
+split of MetAug/CMC), each registered in ``BACKBONES``, and :func:`build_backbone`.
 
 Every backbone maps ``x: (B, C, H, W) float`` to features ``(B, out_dim) float`` and records
 ``out_dim`` as an int attribute. Builders take ``input_shape = (C, H, W)`` plus keyword options;
@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.registry import Registry
-
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+from contrastlab.models.registry import BACKBONES
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.engine.distributed import all_gather_no_grad
+from contrastlab.core.distributed import all_gather_no_grad
 
 
 class FeatureQueue(nn.Module):

@@ -46,7 +46,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-from contrastlab.engine.optim import LARS, lars_trust_ratio
+from contrastlab.core.optim import LARS, lars_trust_ratio
 from contrastlab.models.batchnorm import batch_statistics_only
 
 MetaOrder = Literal["second", "first", "finite_difference"]
@@ -97,7 +97,7 @@ def _per_parameter(setting: str, value: float | Mapping[str, float], name: str) 
 @dataclass(frozen=True, eq=False)
 class SGDStep:
     """One heavy-ball step (no dampening/Nesterov), the update rule of ``torch.optim.SGD`` and,
-    with ``scale``, of :class:`~contrastlab.engine.optim.LARS`:
+    with ``scale``, of :class:`~contrastlab.core.optim.LARS`:
 
         d = scale * (g + weight_decay * theta);  buf = momentum * buf_prev + d;  theta+ = theta - lr * buf
 

@@ -3,7 +3,9 @@
 Every default lives in the dataclasses below. A recipe file sets any subset of the fields;
 ``a.b=value`` overrides (values parsed as YAML) are applied on top. Unknown keys and values
 of the wrong type are rejected with a message naming the dotted key and, for unknown keys,
-the nearest valid one.
+the nearest valid one. The method section is validated by its method's own config class,
+which the caller passes in (:func:`contrastlab.recipes.load_config` passes the registered
+methods').
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from contrastlab.registry import suggest
+from contrastlab.core.registry import suggest
 
 
 class ConfigError(ValueError):
@@ -47,17 +50,64 @@ class DataConfig:
 
 
 @dataclass
+class ViewConfig:
+    """``count`` views made alike (one entry of ``augment.views``).
+
+    ``kind: transforms`` (the default) applies ``transforms`` in order, each a mapping
+    ``{name: <transform>, <argument>: <value>, ...}`` whose name is a key of
+    :data:`contrastlab.data.augment.TRANSFORMS` (``crop``, ``jitter``, ``gray``, ``blur``,
+    ``solarize``) and whose other keys are that class's constructor arguments. ``size`` is the
+    output side of the view's crop (``None`` = the image height; a view without a crop keeps the
+    input size). Other kinds are registered by datasets (``spirograph``: re-render with fresh
+    nuisance) and take no transforms.
+    """
+
+    count: int = 1
+    size: int | None = None
+    kind: str = "transforms"
+    transforms: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
 class AugmentConfig:
-    """The two contrastive views. ``None`` means the preset's own value."""
+    """The contrastive views.
+
+    ``views`` lists them (see :class:`ViewConfig`); ``None`` = the method's default views, made
+    from the preset fields below (``None`` there means the preset's own value; ``blur_prob`` and
+    ``solarize_prob`` give one probability per view of the pair).
+    """
 
     preset: str = "simclr-cifar"  # simclr-cifar | simclr-imagenet | byol | crop-only | spirograph
     size: int | None = None  # output size of the crop; None = the image size
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5  # horizontal flip in the crop (0 for digits and text)
     jitter_strength: float | None = None
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     blur_prob: tuple[float, float] | None = None  # per view
     solarize_prob: tuple[float, float] | None = None  # per view
+    views: tuple[ViewConfig, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Ranges of the preset fields; the preset name and the views (which need the transform
+        table of :mod:`contrastlab.data.augment`) are checked by
+        :func:`contrastlab.data.view_config.check_augment` when a recipe is loaded."""
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"augment.size must be >= 1 (pixels) or null (the image size), got {self.size}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"augment.crop_scale must be (low, high) with 0 < low <= high <= 1, "
+                              f"got {list(self.crop_scale)}")
+        if self.jitter_strength is not None and self.jitter_strength < 0:
+            raise ConfigError(f"augment.jitter_strength must be >= 0 or null (the preset's), "
+                              f"got {self.jitter_strength}")
+        probabilities = {"flip_prob": self.flip_prob, "jitter_prob": self.jitter_prob, "gray_prob": self.gray_prob}
+        for key in ("blur_prob", "solarize_prob"):
+            for i, p in enumerate(getattr(self, key) or ()):
+                probabilities[f"{key}[{i}]"] = p
+        for key, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"augment.{key} must be a probability in [0, 1], got {p}")
 
 
 @dataclass
@@ -162,8 +212,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate."""
+def read_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The nested dict of a YAML recipe (or ``{}`` for the defaults) with the ``a.b=value``
+    overrides applied, not yet validated (:func:`config_from_dict` does that)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -177,7 +228,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -196,26 +247,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[last] = value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a nested dict into a :class:`Config` (the method section by its ``name``)."""
+def config_from_dict(raw: dict[str, Any], method_configs: Mapping[str, type[MethodConfig]]) -> Config:
+    """Validate a nested dict into a :class:`Config`; the method section by the config class
+    that ``method_configs`` (method name -> its :class:`MethodConfig` subclass) gives for its
+    ``name``."""
     raw = dict(raw)
     method_raw = raw.pop("method", None) or {}
     if not isinstance(method_raw, dict):
         raise ConfigError(f"method must be a mapping, got {method_raw!r}")
     cfg = _build(Config, raw, "")
-    cfg.method = _build(method_config_class(method_raw.get("name", "simclr")), method_raw, "method")
+    cfg.method = _build(method_config_class(method_raw.get("name", "simclr"), method_configs), method_raw, "method")
     return cfg
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    from contrastlab.methods import METHODS
-
-    if not isinstance(name, str) or name not in METHODS:
+def method_config_class(name: str, method_configs: Mapping[str, type[MethodConfig]]) -> type[MethodConfig]:
+    if not isinstance(name, str) or name not in method_configs:
+        names = sorted(method_configs)
         raise ConfigError(
-            f"method.name: unknown method {name!r}{suggest(str(name), METHODS.names())}; "
-            f"available: {', '.join(METHODS.names())}"
+            f"method.name: unknown method {name!r}{suggest(str(name), names)}; available: {', '.join(names)}"
         )
-    return METHODS.get(name).Config
+    return method_configs[name]
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -231,11 +282,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
                 f"unknown key '{dotted}'{suggest(str(key), list(fields))}; "
                 f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
             )
-        values[key] = _convert(value, hints[key], dotted)
+        values[key] = convert_value(value, hints[key], dotted)
     return cls(**values)
 
 
-def _convert(value: Any, hint: Any, dotted: str) -> Any:
+def convert_value(value: Any, hint: Any, dotted: str) -> Any:
+    """``value`` checked against the type ``hint`` (converted where YAML reads it loosely);
+    :class:`ConfigError` naming ``dotted`` otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, dotted)
@@ -245,7 +298,7 @@ def _convert(value: Any, hint: Any, dotted: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, option, dotted)
+                return convert_value(value, option, dotted)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{dotted}: expected {_describe(hint)}, got {value!r}")
@@ -253,10 +306,10 @@ def _convert(value: Any, hint: Any, dotted: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{dotted}: expected a list ({_describe(hint)}), got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{dotted}[{i}]") for i, v in enumerate(value))
+            return tuple(convert_value(v, args[0], f"{dotted}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{dotted}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_convert(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(convert_value(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from contrastlab.engine.distributed import all_gather_no_grad, rank_and_world
+from contrastlab.core.distributed import all_gather_no_grad, rank_and_world
 
 
 @torch.no_grad()

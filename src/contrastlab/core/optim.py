@@ -8,7 +8,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from contrastlab.config import OptimConfig
+from contrastlab.core.config import OptimConfig
 
 
 class LARS(torch.optim.Optimizer):
