@@ -135,6 +135,15 @@ def write_class_folder(root: Path) -> dict[str, np.ndarray]:
     return files
 
 
+def write_file_list(root: Path) -> dict[str, np.ndarray]:
+    """:func:`write_class_folder`'s images listed in ``root/train.txt`` as ``path label`` lines
+    (labels 5 for 'cat', 2 for 'dog'); returns path -> pixels."""
+    files = write_class_folder(root)
+    lines = [f"{name} {5 if name.startswith('cat') else 2}" for name in sorted(files)]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return files
+
+
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)

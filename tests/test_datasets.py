@@ -16,6 +16,7 @@ from fixtures import (
     write_cifar10,
     write_cifar100,
     write_class_folder,
+    write_file_list,
     write_image,
     write_mnist,
     write_npz,
@@ -299,12 +300,19 @@ def test_folder_without_split_subfolder_only_serves_train(tmp_path):
     assert_data_error("test", "folder", "test", tmp_path)
 
 
-def test_folder_mixed_sizes_name_the_file(tmp_path):
+def test_folder_mixed_sizes_without_image_size_name_the_file(tmp_path):
     write_class_folder(tmp_path)
     write_image(tmp_path / "dog" / "d.png", np.zeros((5, 5, 3), np.uint8))
-    with pytest.raises(DataError, match="resize") as info:
+    with pytest.raises(DataError, match="set data.image_size") as info:
         load("folder", "train", tmp_path)
     assert "d.png" in str(info.value) and "4x6" in str(info.value)
+
+
+def test_folder_mixed_sizes_with_image_size_load(tmp_path):
+    write_class_folder(tmp_path)
+    write_image(tmp_path / "dog" / "d.png", np.zeros((5, 5, 3), np.uint8))
+    data = load("folder", "train", tmp_path, image_size=4)
+    assert data.shape == (3, 4, 4) and len(data) == 4 and data.labels.tolist() == [0, 0, 1, 1]
 
 
 def test_folder_unreadable_image(tmp_path):
@@ -397,6 +405,7 @@ FIXTURES = {
     "cifar100": write_cifar100,
     "stl10": write_stl10,
     "folder": write_class_folder,
+    "filelist": write_file_list,
     "npz": write_small_npz,
     "digits": None,
 }

@@ -87,6 +87,8 @@ class DataConfig:
     test_size: int | None = None
     seed: int = 0
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
+    image_size: int | None = None  # image files: side of the eval input (shorter side, centre crop); None = as stored
+    in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
     num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
 
     RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "num_workers": ">= 0"}

@@ -1,13 +1,15 @@
 """Datasets (all local or generated, never downloaded) and batched augmentations.
 
 Every loader is registered in ``DATASETS`` (:mod:`contrastlab.data.registry`) with the signature
-``load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> ImageData``.
+``load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> Dataset``
+(see ``data/dataset.py``). Image-file loaders (``folder``, ``filelist``) also take the keyword-only
+``image_size: int | None`` and ``in_memory: bool | None`` (``data.image_size``, ``data.in_memory``).
 """
 
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.registry import DATASETS
 
 # Importing the loader modules registers them.
-from contrastlab.data import cifar, digits, folder, mnist, npz, spirograph, stl10  # noqa: F401
+from contrastlab.data import cifar, digits, filelist, folder, mnist, npz, spirograph, stl10  # noqa: F401
 
 __all__ = ["DATASETS", "DataError", "ImageData"]
