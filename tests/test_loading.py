@@ -18,7 +18,7 @@ from contrastlab.engine.sampler import EpochBatches
 from contrastlab.engine.trainer import Trainer
 from contrastlab.eval.features import extract_features
 from contrastlab.models import build_backbone
-from test_trainer import losses, tiny_config
+from test_trainer import interrupted_run, losses, tiny_config
 
 
 class PerSample:
@@ -140,18 +140,7 @@ def test_a_per_sample_dataset_in_workers_trains_resumes_and_evaluates_like_in_me
     memory = tiny_config("train.epochs=3", *quick_eval)
     streamed = tiny_config("train.epochs=3", "data.name=per_sample_digits", "data.num_workers=1", *quick_eval)
     Trainer(memory, tmp_path / "memory", cpu).fit()
-    original = Trainer._train_epoch
-
-    def crash_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(streamed, tmp_path / "streamed", cpu).fit()
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    Trainer(streamed, tmp_path / "streamed", cpu, resume=True).fit()
+    interrupted_run(streamed, tmp_path / "streamed", cpu, monkeypatch, crash_epoch=2)
     assert losses(tmp_path / "memory") == losses(tmp_path / "streamed")
     a = ckpt.load_checkpoint(tmp_path / "memory")["method"]
     b = ckpt.load_checkpoint(tmp_path / "streamed")["method"]

@@ -17,7 +17,7 @@ from contrastlab.losses import nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, ParameterGroup, StepInput
 from contrastlab.methods.simclr import SimCLRConfig
-from test_trainer import losses, tiny_config
+from test_trainer import interrupted_run, losses, tiny_config
 
 
 @dataclass
@@ -94,18 +94,7 @@ def test_a_method_with_a_second_encoder_resumes_exactly(tmp_path, monkeypatch, t
     cfg = tiny_config("method.name=two_encoders", "train.epochs=3")
     env = init_distributed("cpu")
     Trainer(cfg, tmp_path / "whole", env).fit()
-    original = Trainer._train_epoch
-
-    def crash_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "split", env).fit()
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    Trainer(cfg, tmp_path / "split", env, resume=True).fit()
+    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
     whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
     assert len(whole) == 12 and whole == split
     a = ckpt.load_checkpoint(tmp_path / "whole")

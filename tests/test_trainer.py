@@ -34,6 +34,27 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def interrupted_run(cfg, run_dir, env, monkeypatch, crash_epoch, reload_config=False):
+    """Train ``cfg`` in ``run_dir``, crash when epoch ``crash_epoch`` (0-based) starts, check the
+    last checkpoint is that epoch's, then resume to the end (with the run's saved config.yaml
+    reloaded when ``reload_config``, as ``contrastlab train --resume`` does, else ``cfg``)."""
+    original = Trainer._train_epoch
+
+    def crash(self, epoch):
+        if epoch == crash_epoch:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, run_dir, env).fit()
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert ckpt.load_checkpoint(run_dir)["epoch"] == crash_epoch
+    resumed = Trainer(load_config(run_dir / "config.yaml") if reload_config else cfg, run_dir, env, resume=True)
+    resumed.fit()
+    return resumed
+
+
 METHOD_OVERRIDES = {
     "simclr": ["method.name=simclr"],
     "moco": ["method.name=moco", "method.queue_size=96", "method.symmetric=true"],
@@ -54,21 +75,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, method):
     cfg = tiny_config("train.epochs=3", *METHOD_OVERRIDES[method])
     env = init_distributed("cpu")
     Trainer(cfg, tmp_path / "whole", env).fit()
-
-    original = Trainer._train_epoch
-
-    def crash_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "split", env).fit()
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    assert ckpt.load_checkpoint(tmp_path / "split")["epoch"] == 2
-    Trainer(cfg, tmp_path / "split", env, resume=True).fit()
-
+    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
     whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
     assert len(whole) == 12 and list(whole) == list(split)
     assert whole == split  # exactly equal, step by step, including after the resume

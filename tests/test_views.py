@@ -325,25 +325,13 @@ def test_views_from_config_train_and_resume_exactly(tmp_path, monkeypatch, overr
     from contrastlab.engine import checkpoint as ckpt
     from contrastlab.engine.distributed import init_distributed
     from contrastlab.engine.trainer import Trainer
-    from test_trainer import losses, tiny_config
+    from test_trainer import interrupted_run, losses, tiny_config
 
     cfg = tiny_config("train.epochs=2", "train.max_steps_per_epoch=2", *overrides)
     env = init_distributed("cpu")
     Trainer(cfg, tmp_path / "whole", env).fit()
-    original = Trainer._train_epoch
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "split", env).fit()
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
-    resumed = Trainer(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", env, resume=True)
+    resumed = interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=1, reload_config=True)
     assert resumed.cfg.augment.views == cfg.augment.views
-    resumed.fit()
     whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
     assert len(whole) == 4 and whole == split
     a, b = ckpt.load_checkpoint(tmp_path / "whole")["method"], ckpt.load_checkpoint(tmp_path / "split")["method"]

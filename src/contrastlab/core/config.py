@@ -52,10 +52,10 @@ def in_range(value: float, rule: str) -> bool:
 def check_section(section: Any, prefix: str) -> None:
     """Validate a config dataclass named ``prefix`` (``"method"``, ``"augment.views[0]"``): every
     field has its annotated type (a ``Literal`` one of its choices), every field in its
-    classes' ``RANGES`` lies in its range (``None`` = unset is skipped; each element of a tuple is checked), then its
-    ``validate(prefix)`` checks the rules that join several fields. The one style of validation
-    of every section: called by the loader on each section and by :class:`Method` for configs
-    made in code. Raises :class:`ConfigError` naming the dotted key, the allowed range and the
+    classes' ``RANGES`` lies in its range (``None`` = unset is skipped; each element of a tuple
+    is checked), then its ``validate(prefix)`` checks the rules that join several fields. The
+    one style of validation of every section: called by the loader on each section and by
+    :class:`Method` for configs made in code. Raises :class:`ConfigError` naming the dotted key, the allowed range and the
     value."""
     hints = typing.get_type_hints(type(section))
     ranges: dict[str, str] = {}
@@ -91,7 +91,8 @@ class DataConfig:
     in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
     num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
 
-    RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "num_workers": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "image_size": ">= 1",
+                                        "num_workers": ">= 0"}
 
 
 @dataclass
