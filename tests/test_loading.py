@@ -149,3 +149,11 @@ def test_a_per_sample_dataset_in_workers_trains_resumes_and_evaluates_like_in_me
                for name, cfg in (("memory", memory), ("streamed", streamed))]
     assert results[0]["trained"]["knn"] == results[1]["trained"]["knn"]
     assert results[0]["trained"]["linear"]["accuracy"] == results[1]["trained"]["linear"]["accuracy"]
+
+
+def test_loader_options_a_dataset_does_not_take_are_rejected_by_name():
+    from contrastlab.core.config import ConfigError
+    from contrastlab.engine.setup import load_data
+
+    with pytest.raises(ConfigError, match=r"dataset 'digits' takes none of data.image_size \(set them to null\)"):
+        load_data(tiny_config("data.image_size=32"))

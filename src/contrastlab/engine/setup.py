@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,11 @@ def load_split(d: DataConfig, split: str, size: int | None) -> Dataset:
     except KeyError as err:
         raise ConfigError(f"data.name: {err.args[0]}") from None
     options: dict[str, Any] = {k: getattr(d, k) for k in LOADER_OPTIONS if getattr(d, k, None) is not None}
-    try:
-        return load(split, root=d.root, size=size, seed=d.seed, **options)
-    except TypeError as err:
-        if options and "unexpected keyword argument" in str(err):
-            raise ConfigError(f"data: dataset '{d.name}' takes none of data.{', data.'.join(options)} "
-                              f"(set them to null): {err}") from None
-        raise
+    unsupported = [k for k in options if k not in inspect.signature(load).parameters]
+    if unsupported:
+        raise ConfigError(f"data: dataset '{d.name}' takes none of data.{', data.'.join(unsupported)} "
+                          "(set them to null)")
+    return load(split, root=d.root, size=size, seed=d.seed, **options)
 
 
 def load_data(cfg: Config) -> RunData:
