@@ -1,6 +1,7 @@
 """One row per method at an equal budget: speed, peak memory, and what the encoder learned.
 
-Each method trains from its own `configs/<method>-<dataset>-convnet.yaml` recipe through the
+Each method trains from its own `configs/<method>-<kind>-convnet.yaml` recipe (the
+`gray-small` recipe for Fashion-MNIST, the `spirograph` one for Spirograph) through the
 command-line tool (same backbone, batch 256, default CPU settings: channels_last + bf16), on
 Fashion-MNIST and on Spirograph, then is evaluated (kNN, linear probe, ridge R²). A "random
 init" row evaluates the same backbone untrained. Every run is a separate process, so peak
@@ -43,9 +44,12 @@ CHILD = (
 )
 
 
+RECIPE_KIND = {"fashion-mnist": "gray-small", "spirograph": "spirograph"}  # dataset -> its recipes' data kind
+
+
 def train(method: str, dataset: str, overrides: list[str], run_dir: Path) -> dict:
     """Train + evaluate one recipe in a child process; returns results.json plus speed and memory."""
-    recipe = ROOT / "configs" / f"{method}-{dataset}-convnet.yaml"
+    recipe = ROOT / "configs" / f"{method}-{RECIPE_KIND[dataset]}-convnet.yaml"
     argv = [sys.executable, "-c", CHILD, "train", str(recipe), "--run-dir", str(run_dir),
             "train.progress=false", "eval.plots=false", *overrides]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)

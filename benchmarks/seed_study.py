@@ -6,9 +6,11 @@ command-line tool in a child process, with the recipe, then the ``--common`` ove
 the arm's own, then ``train.seed=<seed> train.progress=false eval.plots=false
 eval.compare_random_init=false``, into ``benchmarks/_runs/<out>/<arm>-s<seed>/``. Runs go
 seed-major (seed 0: every arm, then seed 1, ...), so a stopped study still covers every arm.
+``--untrained`` adds a row ``untrained``: the first arm's run also evaluates its backbone at
+initialisation (``eval.compare_random_init=true``), the baseline every arm should beat.
 
 Per run: kNN and linear top-1 (classification) or mean ridge R² and MSE (regression, with the
-R² per target in the JSON), whichever results.json holds; the median training images/s of
+R² per target in the JSON), whichever results.json holds; the effective rank of the features; the median training images/s of
 metrics.jsonl (the first, warm-up window dropped when there are more); the child's wall time
 (data, training, evaluation) and peak RSS. The table has one row per arm and one table per
 dataset, with "vs" = the difference of the means from the first arm on that dataset.
@@ -20,9 +22,9 @@ trained afresh. ``--no-write`` prints the table without writing ``benchmarks/res
 
     .venv/bin/python benchmarks/seed_study.py --out meta_methods_fashion_mnist --seeds 0 1 2 \\
         --common train.epochs=3 data.train_size=20000 \\
-        --arm simclr=configs/simclr-fashion-mnist-convnet.yaml \\
-        --arm metamask=configs/metamask-fashion-mnist-convnet.yaml \\
-        --arm metamask-every-2=configs/metamask-fashion-mnist-convnet.yaml:method.meta_every=2
+        --arm simclr=configs/simclr-gray-small-convnet.yaml \\
+        --arm metamask=configs/metamask-gray-small-convnet.yaml \\
+        --arm metamask-every-2=configs/metamask-gray-small-convnet.yaml:method.meta_every=2
     .venv/bin/python benchmarks/seed_study.py --out spiro_check --seeds 0 1 --resume --no-write \\
         --common train.epochs=1 data.train_size=512 data.test_size=256 train.batch_size=64 \\
         --arm simclr=configs/simclr-spirograph-convnet.yaml --arm byol=configs/byol-spirograph-convnet.yaml
@@ -47,12 +49,14 @@ from contrastlab.recipes import load_config
 from methods import CHILD, ROOT, RUNS
 from report import environment, write_results
 
-PER_RUN = ["train.progress=false", "eval.plots=false", "eval.compare_random_init=false"]
+PER_RUN = ["train.progress=false", "eval.plots=false"]  # and eval.compare_random_init (false but for --untrained)
 RECORD = "seed_study.json"  # written into a run folder once the run has finished
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")  # a folder name, not hidden
 # (key, column title, format, compared with the first arm)
 METRICS = [("knn", "kNN top-1 %", ".2f", True), ("linear", "linear top-1 %", ".2f", True),
-           ("r2_mean", "R² (mean)", ".3f", True), ("mse_mean", "MSE (mean)", ".4f", False)]
+           ("r2_mean", "R² (mean)", ".3f", True), ("mse_mean", "MSE (mean)", ".4f", False),
+           ("rank", "rank (effective)", ".1f", True)]
+UNTRAINED = "untrained"  # the row of --untrained: the first arm's backbone at initialisation
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,9 @@ def scores(trained: dict, where: Path) -> dict:
         out.update(r2_mean=regression["r2_mean"], mse_mean=regression["mse_mean"],
                    r2=regression["r2"], mse=regression["mse"])
     if not out:
-        raise SystemExit(f"{where}: the 'trained' results hold neither knn/linear nor regression")
+        raise SystemExit(f"{where}: the results hold neither knn/linear nor regression")
+    if "diagnostics" in trained:
+        out["rank"] = trained["diagnostics"]["effective_rank"]
     return out
 
 
@@ -128,10 +134,12 @@ def train(arm: Arm, seed: int, overrides: list[str], run_dir: Path) -> dict:
     return record
 
 
-def run(arm: Arm, seed: int, common: list[str], out: str, resume: bool) -> dict:
-    """One finished run of ``arm`` for ``seed`` (read under ``resume`` when there is one)."""
+def run(arm: Arm, seed: int, common: list[str], out: str, resume: bool, untrained: bool = False) -> list[dict]:
+    """One finished run of ``arm`` for ``seed`` (read under ``resume`` when there is one); with
+    ``untrained``, also the same backbone evaluated at initialisation (a second entry)."""
     run_dir = RUNS / out / f"{arm.name}-s{seed}"
-    overrides = [*common, *arm.overrides, f"train.seed={seed}", *PER_RUN]
+    overrides = [*common, *arm.overrides, f"train.seed={seed}", *PER_RUN,
+                 f"eval.compare_random_init={str(untrained).lower()}"]
     finished = (run_dir / RECORD).is_file() and (run_dir / "results.json").is_file()
     if resume and finished:
         record = json.loads((run_dir / RECORD).read_text())
@@ -141,9 +149,14 @@ def run(arm: Arm, seed: int, common: list[str], out: str, resume: bool) -> dict:
     else:
         record = train(arm, seed, overrides, run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    return {"arm": arm.name, "seed": seed, "dataset": results["dataset"], "run_dir": str(run_dir),
-            "read": resume and finished, **record, "images_per_s": median_speed(run_dir),
-            **scores(results["trained"], run_dir / "results.json")}
+    entry = {"arm": arm.name, "seed": seed, "dataset": results["dataset"], "run_dir": str(run_dir),
+             "read": resume and finished, **record, "images_per_s": median_speed(run_dir),
+             **scores(results["trained"], run_dir / "results.json")}
+    if not untrained:
+        return [entry]
+    initial = {**entry, "arm": UNTRAINED, "images_per_s": None,
+               **scores(results["random_init"], run_dir / "results.json")}
+    return [entry, initial]
 
 
 def run_line(entry: dict) -> str:
@@ -194,6 +207,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["python", "benchmarks/seed_study.py", "--out", args.out, "--seeds", *map(str, args.seeds)]
     if args.common:
         parts += ["--common", *args.common]
+    if args.untrained:
+        parts.append("--untrained")
     for text in args.arm:
         parts += ["--arm", text]
     return shlex.join(parts)
@@ -208,8 +223,8 @@ def markdown(runs: list[dict], arms: list[Arm], args: argparse.Namespace, comman
              "from the first arm on that dataset. Images/s: median over the logged training windows after the first; "
              "wall time and peak RSS: the whole training + evaluation process."]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        lines += ["", f"## {dataset}", "", *dataset_table([r for r in runs if r["dataset"] == dataset],
-                                                          [arm.name for arm in arms])]
+        order = [UNTRAINED] * args.untrained + [arm.name for arm in arms]
+        lines += ["", f"## {dataset}", "", *dataset_table([r for r in runs if r["dataset"] == dataset], order)]
     return lines
 
 
@@ -221,6 +236,9 @@ def main() -> None:
                         help="section.key=value overrides for every arm (after the recipe, before the arm's)")
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=RECIPE[:OVERRIDE,...]",
                         help="one arm; repeat for each (the first is the reference)")
+    parser.add_argument("--untrained", action="store_true",
+                        help=f"add a row '{UNTRAINED}': the first arm's backbone at initialisation, per seed "
+                             "(its wall time and memory are those of the first arm's run)")
     parser.add_argument("--resume", action="store_true", help="read finished runs instead of retraining them")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -236,11 +254,16 @@ def main() -> None:
     if len(set(names)) != len(names):
         raise SystemExit(f"arm names {names}: each name once")
 
+    if args.untrained and UNTRAINED in names:
+        raise SystemExit(f"--untrained adds a row named '{UNTRAINED}': rename that arm")
+
     runs = []
     for seed in args.seeds:
-        for arm in arms:
-            runs.append(run(arm, seed, args.common, args.out, args.resume))
-            print(run_line(runs[-1]), flush=True)
+        for position, arm in enumerate(arms):
+            entries = run(arm, seed, args.common, args.out, args.resume, args.untrained and position == 0)
+            runs += entries
+            for entry in entries:
+                print(run_line(entry), flush=True)
     command = command_line(args)
     lines = markdown(runs, arms, args, command)
     print("\n" + "\n".join(lines))

@@ -11,8 +11,8 @@ on another recipe (the first variant is the baseline).
         --base configs/simclr-spirograph-convnet.yaml \\
         "simclr=method.name=simclr" "invclr=method.name=invclr,method.gp_weight=0.01"
     .venv/bin/python benchmarks/step_time.py --out metamask_step_time \
-        --base configs/metamask-fashion-mnist-convnet.yaml \
-        "barlow_twins=configs/barlow_twins-fashion-mnist-convnet.yaml" "metamask=method.meta_order=second"
+        --base configs/metamask-gray-small-convnet.yaml \
+        "barlow_twins=configs/barlow_twins-gray-small-convnet.yaml" "metamask=method.meta_order=second"
 """
 
 from __future__ import annotations

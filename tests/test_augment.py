@@ -353,7 +353,7 @@ def test_presets_build_the_documented_transforms():
 
 def test_build_views_rejects_bad_input():
     normalize = Normalize([0.5] * 3, [0.2] * 3)
-    with pytest.raises(ValueError, match="preset 'simclr'; valid: simclr-cifar, simclr-imagenet, byol, crop-only"):
+    with pytest.raises(ValueError, match="preset 'simclr'; valid: gray-small, colour-small, gray-large, colour-large, simclr-cifar, simclr-imagenet, byol, crop-only"):
         aug.build_views("simclr", image_size=32, channels=3, normalize=normalize)
     with pytest.raises(ValueError, match="normalisation has 3 channels but images have 1"):
         aug.build_views("byol", image_size=32, channels=1, normalize=normalize)

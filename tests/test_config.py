@@ -11,10 +11,18 @@ from contrastlab.recipes import load_config
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
+IMAGE_KINDS = ("gray-small", "colour-small", "gray-large", "colour-large")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_every_recipe_loads_and_is_named_method_dataset_backbone(path):
+def test_every_recipe_loads_and_is_named_method_data_backbone(path):
+    """``<method>-<dataset>-<backbone>``, or ``<method>-<data kind>-<backbone>`` for a recipe
+    meant for every dataset of a kind, whose views then follow the data (preset ``auto``)."""
     cfg = load_config(path)
-    assert path.stem.startswith(f"{cfg.method.name}-{cfg.data.name}-{cfg.backbone.name}")
+    data = next((kind for kind in IMAGE_KINDS if path.stem.startswith(f"{cfg.method.name}-{kind}-")), cfg.data.name)
+    assert path.stem.startswith(f"{cfg.method.name}-{data}-{cfg.backbone.name}")
+    if data in IMAGE_KINDS and cfg.augment.views is None:
+        assert cfg.augment.preset == "auto"
 
 
 def test_defaults_without_a_file():

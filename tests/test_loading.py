@@ -27,7 +27,7 @@ class PerSample:
 
     def __init__(self, data: ImageData) -> None:
         self.data = data
-        self.name, self.labels, self.targets = data.name, data.labels, data.targets
+        self.name, self.kind, self.labels, self.targets = data.name, data.kind, data.labels, data.targets
         self.target_names, self.classes = data.target_names, data.classes
         self.keys: list = []
         self.largest_batch = 0

@@ -16,7 +16,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from contrastlab.core.config import ConfigError, MethodConfig
 from contrastlab.data.preprocess import LAB_MEAN, LAB_STD, LabNormalize, rgb_to_lab
 from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.setup import fill_train_sized_fields, load_data, make_method
+from contrastlab.engine.setup import fit_train_sized_fields, load_data, make_method
 from contrastlab.engine.trainer import Trainer
 from contrastlab.losses import margin_injection, oucl
 from contrastlab.methods.base import StepInput
@@ -370,14 +370,14 @@ def test_trainer_fills_bank_size_and_trains(tmp_path):
 
 def test_train_sized_fields_are_filled_and_checked():
     cfg = MetAugLabConfig(name="metaug_lab")
-    fill_train_sized_fields(cfg, 300)
+    fit_train_sized_fields(cfg, 300)
     assert cfg.bank_size == 300
-    fill_train_sized_fields(cfg, 200)  # larger than needed: kept
+    fit_train_sized_fields(cfg, 200)  # larger than needed: kept
     assert cfg.bank_size == 300
     with pytest.raises(ConfigError, match="method.bank_size=300 is smaller than the 500 training images"):
-        fill_train_sized_fields(cfg, 500)
+        fit_train_sized_fields(cfg, 500)
     plain = MethodConfig()
-    fill_train_sized_fields(plain, 10)  # methods without such fields are left alone
+    fit_train_sized_fields(plain, 10)  # methods without such fields are left alone
     assert plain == MethodConfig()
 
 

@@ -63,6 +63,15 @@ def test_moco_enqueues_the_keys_it_contrasted_against(tmp_path):
     assert int(moco.queue.pointer) == 8
 
 
+def test_moco_queue_longer_than_the_training_set_is_capped_with_a_warning(tmp_path):
+    cfg = tiny_config("train.epochs=1", "method.name=moco", "method.queue_size=1000")  # 256 training images
+    with pytest.warns(UserWarning, match="method.queue_size=1000 is larger than the 256 training samples"):
+        trainer = Trainer(cfg, tmp_path, init_distributed("cpu"))
+    assert trainer.method.queue.features.shape[0] == 256 and cfg.method.queue_size == 256
+    cfg = tiny_config("train.epochs=1", "method.name=moco", "method.queue_size=200")
+    assert Trainer(cfg, tmp_path / "short", init_distributed("cpu")).method.queue.features.shape[0] == 200
+
+
 def test_barlow_twins_scale_loss_multiplies_the_loss():
     torch.manual_seed(0)
     cfg = BarlowTwinsConfig(proj_hidden_dim=16, proj_out_dim=8, proj_layers=2, scale_loss=0.1)

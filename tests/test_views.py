@@ -91,6 +91,37 @@ def test_flip_prob_switches_the_preset_flip_off():
     assert on.sample(batch_of(data), torch.Generator().manual_seed(0))["crop"]["flip"].sum() > 0
 
 
+@pytest.mark.parametrize("channels, size, kind", [(1, 8, "gray-small"), (1, 28, "gray-small"), (3, 32, "colour-small"),
+                                                  (3, 64, "colour-small"), (3, 96, "colour-large"), (1, 128, "gray-large")])
+def test_auto_preset_is_the_preset_of_the_data_kind(channels, size, kind):
+    data = run_data(channels=channels, size=size)
+    assert data.train.kind == kind and data.train.subset(torch.arange(2)).kind == kind
+    auto = make_views(load_config(), data)
+    named = make_views(load_config(overrides=[f"augment.preset={kind}"]), data)
+    assert [[vars(t) for t in p.transforms] for p in auto] == [[vars(t) for t in p.transforms] for p in named]
+    preset = aug.PRESETS[kind]
+    crop = auto[0].transforms[0]
+    assert (crop.scale, crop.flip_prob) == (preset.crop_scale, preset.flip_prob)
+    assert ("gray" in [t.name for t in auto[0].transforms]) == (channels == 3)
+
+
+def test_gray_small_preset_has_no_flip_and_no_colour_ops_unless_asked():
+    data = run_data(channels=1, size=28)
+    view = make_views(load_config(), data)[0]
+    assert [t.name for t in view.transforms] == ["crop", "jitter", "blur"]
+    assert view.transforms[0].flip_prob == 0.0
+    assert view.sample(batch_of(data), torch.Generator().manual_seed(0))["crop"]["flip"].sum() == 0
+    asked = make_views(load_config(overrides=["augment.flip_prob=0.5", "augment.crop_scale=[0.2, 1.0]"]), data)[0]
+    assert (asked.transforms[0].flip_prob, asked.transforms[0].scale) == (0.5, (0.2, 1.0))
+
+
+def test_auto_preset_of_a_kind_without_one_names_the_kind():
+    data = run_data()
+    data.train.kind = "point-clouds"
+    with pytest.raises(ConfigError, match="no preset for data kind 'point-clouds'; set augment.preset"):
+        make_views(load_config(), data)
+
+
 def test_views_round_trip_through_the_saved_config():
     cfg = load_config(overrides=[MULTICROP])
     again = load_config(overrides=[f"augment.views={yaml.safe_dump(cfg.to_dict()['augment']['views'], default_flow_style=True)}"])
@@ -107,6 +138,7 @@ def test_spirograph_views_from_config():
     assert len(pipelines) == 3 and all(isinstance(p, SpirographViews) for p in pipelines)
     preset = make_views(load_config(overrides=["augment.preset=spirograph"]), data)
     assert len(preset) == 2 and all(isinstance(p, SpirographViews) for p in preset)
+    assert all(isinstance(p, SpirographViews) for p in make_views(load_config(), data))  # auto: its kind
     with pytest.raises(ConfigError, match=r"augment.views: views\[0\]: spirograph views render 3 x 32 x 32"):
         make_views(load_config(overrides=["augment.views=[{count: 2, kind: spirograph}]"]), run_data())
 

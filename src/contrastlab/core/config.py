@@ -122,16 +122,18 @@ class AugmentConfig:
 
     ``views`` lists them (see :class:`ViewConfig`); ``None`` = the method's default views, made
     from the preset fields below (``None`` there means the preset's own value; ``blur_prob`` and
-    ``solarize_prob`` give one probability per view of the pair).
+    ``solarize_prob`` give one probability per view of the pair). ``preset: auto`` picks the
+    preset of the dataset's kind: ``gray-small``, ``colour-small``, ``gray-large``,
+    ``colour-large`` (by channels and image side) or a dataset's own (``spirograph``).
     """
 
-    preset: str = "simclr-cifar"  # simclr-cifar | simclr-imagenet | byol | crop-only | spirograph
+    preset: str = "auto"  # auto | gray-small | colour-small | gray-large | colour-large | simclr-cifar | ...
     size: int | None = None  # output size of the crop; None = the image size
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    flip_prob: float = 0.5  # horizontal flip in the crop (0 for digits and text)
+    crop_scale: tuple[float, float] | None = None
+    flip_prob: float | None = None  # horizontal flip in the crop (the gray-small preset has none)
     jitter_strength: float | None = None
-    jitter_prob: float = 0.8
-    gray_prob: float = 0.2
+    jitter_prob: float | None = None
+    gray_prob: float | None = None
     blur_prob: tuple[float, float] | None = None  # per view
     solarize_prob: tuple[float, float] | None = None  # per view
     views: tuple[ViewConfig, ...] | None = None
@@ -145,7 +147,7 @@ class AugmentConfig:
         """The crop scale is a range; the preset name and the views (which need the transform
         table of :mod:`contrastlab.data.augment`) are checked by
         :func:`contrastlab.data.view_config.check_augment` when a recipe is loaded."""
-        if self.crop_scale[0] > self.crop_scale[1]:
+        if self.crop_scale is not None and self.crop_scale[0] > self.crop_scale[1]:
             raise ConfigError(f"{prefix}.crop_scale must be (low, high) with low <= high, got {list(self.crop_scale)}")
 
 

@@ -527,19 +527,43 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL's factors exactly, at strength 1
 
 @dataclass(frozen=True)
 class ViewPreset:
-    """One row of :data:`PRESETS`; the per-view pairs are (view 1, view 2). A preset of another
-    ``kind`` than ``transforms`` is two views of that kind (the other fields are unused)."""
+    """One row of :data:`PRESETS`: the defaults of the ``augment`` preset fields. The per-view
+    pairs are (view 1, view 2). A preset of another ``kind`` than ``transforms`` is two views of
+    that kind (the other fields are unused)."""
 
     summary: str
-    colour: bool = True  # colour jitter + grayscale
+    jitter: bool = True  # colour jitter (brightness and contrast only on one channel)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5
     jitter_strength: float = 0.0
     jitter_per_unit: tuple[float, float, float, float] = SIMCLR_JITTER
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2  # 0: no grayscale transform (one-channel kinds)
     blur_prob: tuple[float, float] = (0.0, 0.0)
     solarize_prob: tuple[float, float] = (0.0, 0.0)
     kind: str = "transforms"
 
 
+AUTO_PRESET = "auto"
+"""``augment.preset: auto`` (the default): the preset named after the dataset's ``kind``."""
+
 PRESETS: dict[str, ViewPreset] = {
+    "gray-small": ViewPreset(
+        "small grayscale images (MNIST-like, <= 64 px): crop 0.4-1, no flip, brightness/contrast 0.8 (p=0.8), "
+        "blur p=0.5",
+        crop_scale=(0.4, 1.0), flip_prob=0.0, jitter_strength=1.0, gray_prob=0.0, blur_prob=(0.5, 0.5),
+    ),
+    "colour-small": ViewPreset(
+        "small colour images (CIFAR-like, <= 64 px): crop 0.2-1 + flip, jitter s=0.5 (p=0.8), gray p=0.2",
+        crop_scale=(0.2, 1.0), jitter_strength=0.5,
+    ),
+    "gray-large": ViewPreset(
+        "large grayscale images: crop 0.08-1 + flip, brightness/contrast 0.8 (p=0.8), blur p=0.5",
+        jitter_strength=1.0, gray_prob=0.0, blur_prob=(0.5, 0.5),
+    ),
+    "colour-large": ViewPreset(
+        "large colour images (photos): SimCLR ImageNet's views", jitter_strength=1.0, blur_prob=(0.5, 0.5)
+    ),
     "simclr-cifar": ViewPreset("SimCLR CIFAR: crop+flip, jitter s=0.5 (p=0.8), gray p=0.2", jitter_strength=0.5),
     "simclr-imagenet": ViewPreset(
         "SimCLR ImageNet: crop+flip, jitter s=1.0, gray, blur p=0.5", jitter_strength=1.0, blur_prob=(0.5, 0.5)
@@ -551,60 +575,80 @@ PRESETS: dict[str, ViewPreset] = {
         blur_prob=(1.0, 0.1),
         solarize_prob=(0.0, 0.2),
     ),
-    "crop-only": ViewPreset("random resized crop + horizontal flip only", colour=False),
+    "crop-only": ViewPreset("random resized crop + horizontal flip only", jitter=False, gray_prob=0.0),
 }
-"""``augment.preset`` -> its row; datasets add their own (:func:`register_preset`)."""
+"""``augment.preset`` -> its row; datasets add their own (:func:`register_preset`). The first
+four are the presets of the image kinds (:func:`~contrastlab.data.dataset.image_kind`), which
+``auto`` picks."""
 
 
 def register_preset(name: str, preset: ViewPreset) -> None:
     """Make ``augment.preset: name`` available (e.g. Spirograph's, of its own view kind)."""
-    if name in PRESETS:
+    if name in PRESETS or name == AUTO_PRESET:
         raise ValueError(f"augmentation preset '{name}' is registered twice")
     PRESETS[name] = preset
+
+
+def resolve_preset(preset: str, data_kind: str) -> str:
+    """``preset``, or for ``auto`` the preset named after ``data_kind`` (``ValueError`` when
+    there is none)."""
+    if preset != AUTO_PRESET:
+        return preset
+    if data_kind not in PRESETS:
+        raise ValueError(f"augment.preset 'auto': no preset for data kind '{data_kind}'; "
+                         f"set augment.preset to one of {', '.join(PRESETS)}, or augment.views")
+    return data_kind
 
 
 def preset_views(
     preset: str,
     *,
     size: int | None = None,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_scale: tuple[float, float] | None = None,
     jitter_strength: float | None = None,
-    jitter_prob: float = 0.8,
-    gray_prob: float = 0.2,
+    jitter_prob: float | None = None,
+    gray_prob: float | None = None,
     blur_prob: tuple[float, float] | None = None,
     solarize_prob: tuple[float, float] | None = None,
-    flip_prob: float = 0.5,
+    flip_prob: float | None = None,
 ) -> list[dict[str, Any]]:
     """The two views of ``preset`` in the ``augment.views`` schema; ``None`` arguments take the
     preset's value (the ``augment`` preset fields).
 
-    Each view: crop (output side ``size``, ``crop_scale``, ``flip_prob``), then for colour presets
-    jitter (``jitter_strength`` times the preset's per-unit magnitudes, ``jitter_prob``) and
-    grayscale (``gray_prob``), then blur and solarize where the view's probability is > 0.
-    ``crop-only`` ignores the colour arguments; presets of another kind ignore all but ``size``.
+    Each view: crop (output side ``size``, ``crop_scale``, ``flip_prob``), then for presets with
+    jitter the colour jitter (``jitter_strength`` times the preset's per-unit magnitudes,
+    ``jitter_prob``), then grayscale, blur and solarize where their probability is > 0.
+    Presets of another kind ignore all but ``size``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; valid: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     if spec.kind != "transforms":
         return [{"count": 2, "size": size, "kind": spec.kind, "transforms": []}]
-    strength = spec.jitter_strength if jitter_strength is None else jitter_strength
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    strength = pick(jitter_strength, spec.jitter_strength)
     if strength < 0:
         raise ValueError(f"jitter_strength must be >= 0, got {strength}")
-    blur = spec.blur_prob if blur_prob is None else tuple(blur_prob)
-    solarize = spec.solarize_prob if solarize_prob is None else tuple(solarize_prob)
+    gray = pick(gray_prob, spec.gray_prob)
+    blur = tuple(pick(blur_prob, spec.blur_prob))
+    solarize = tuple(pick(solarize_prob, spec.solarize_prob))
     for field, pair in (("blur_prob", blur), ("solarize_prob", solarize)):
         if len(pair) != 2:
             raise ValueError(f"{field} must give one probability per view (2 values), got {pair}")
+    crop = {"name": "crop", "scale": tuple(pick(crop_scale, spec.crop_scale)),
+            "flip_prob": pick(flip_prob, spec.flip_prob)}
     views = []
     for view in range(2):
-        transforms: list[dict[str, Any]] = [{"name": "crop", "scale": tuple(crop_scale), "flip_prob": flip_prob}]
-        if spec.colour:
+        transforms: list[dict[str, Any]] = [dict(crop)]
+        if spec.jitter:
             b, c, s, h = (strength * unit for unit in spec.jitter_per_unit)
-            transforms.append(
-                {"name": "jitter", "brightness": b, "contrast": c, "saturation": s, "hue": h, "prob": jitter_prob}
-            )
-            transforms.append({"name": "gray", "prob": gray_prob})
+            transforms.append({"name": "jitter", "brightness": b, "contrast": c, "saturation": s, "hue": h,
+                               "prob": pick(jitter_prob, spec.jitter_prob)})
+        if gray > 0:
+            transforms.append({"name": "gray", "prob": gray})
         if blur[view] > 0:
             transforms.append({"name": "blur", "prob": blur[view]})
         if solarize[view] > 0:

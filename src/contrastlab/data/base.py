@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from contrastlab.data.dataset import Batch, SampleKey
+from contrastlab.data.dataset import Batch, SampleKey, image_kind
 
 
 class DataError(ValueError):
@@ -30,6 +30,8 @@ class ImageData:
         classes: class names, indexable by label; empty when unlabelled.
         extras: further per-sample tensors with first dimension ``N`` (e.g. Spirograph's
             ``nuisance`` parameters).
+        kind: the data kind (:func:`~contrastlab.data.dataset.image_kind` of the image shape
+            unless given).
     """
 
     name: str
@@ -39,6 +41,7 @@ class ImageData:
     target_names: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind: str = ""
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -58,6 +61,9 @@ class ImageData:
                 f"{self.name}: {self.targets.shape[1]} target columns but "
                 f"{len(self.target_names)} target names"
             )
+        if not self.kind:
+            channels, height, width = self.images.shape[1:]
+            self.kind = image_kind(channels, max(height, width))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -110,4 +116,5 @@ class ImageData:
             target_names=self.target_names,
             classes=self.classes,
             extras={k: v[index] for k, v in self.extras.items()},
+            kind=self.kind,
         )

@@ -46,6 +46,9 @@ class Dataset(Protocol):
 
     Attributes:
         name: dataset name, for messages.
+        kind: the data kind, which picks the default views (``augment.preset: auto``):
+            :func:`image_kind` for plain images, or a kind of the dataset's own
+            (``"spirograph"``).
         labels: ``(N,)`` int64 class labels of every sample, or ``None``; available without
             decoding any sample (the probes and the online probe read them).
         targets: ``(N, T)`` float32 continuous targets, or ``None``.
@@ -54,6 +57,7 @@ class Dataset(Protocol):
     """
 
     name: str
+    kind: str
     labels: torch.Tensor | None
     targets: torch.Tensor | None
     target_names: tuple[str, ...]
@@ -66,6 +70,18 @@ class Dataset(Protocol):
     def collate(self, samples: list[Any]) -> Batch: ...
 
     def subset(self, index: torch.Tensor) -> "Dataset": ...
+
+
+SMALL_IMAGE_SIDE = 64
+"""Images at most this many pixels on a side are "small" (MNIST, CIFAR, STL at 64)."""
+
+
+def image_kind(channels: int, side: int) -> str:
+    """The data kind of ``channels``-channel images of ``side`` pixels (the longer side):
+    ``gray-small`` / ``colour-small`` up to :data:`SMALL_IMAGE_SIDE`, else ``gray-large`` /
+    ``colour-large``."""
+    tone = "gray" if channels == 1 else "colour"
+    return f"{tone}-{'small' if side <= SMALL_IMAGE_SIDE else 'large'}"
 
 
 def num_classes(dataset: Dataset) -> int | None:

@@ -164,6 +164,7 @@ def load(split: str, root: str | None = None, size: int | None = None, seed: int
         targets=factors,
         target_names=FACTOR_NAMES,
         extras={"nuisance": nuisance},
+        kind="spirograph",
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from contrastlab.data.base import DataError, ImageData
-from contrastlab.data.dataset import Batch, SampleKey
+from contrastlab.data.dataset import Batch, SampleKey, image_kind
 from contrastlab.data.decode import CropSpec, DecodeCrop, decode_centre, decode_crops, decode_native, is_gray, opened
 from contrastlab.data.files import subset_index
 
@@ -88,6 +88,12 @@ class ImageFiles:
         """``(C, H, W)`` of one eval-mode input."""
         height, width = (self.image_size, self.image_size) if self.image_size is not None else self.native
         return self.channels, height, width
+
+    @property
+    def kind(self) -> str:
+        """The data kind of the eval input (:func:`~contrastlab.data.dataset.image_kind`)."""
+        channels, height, width = self.shape
+        return image_kind(channels, max(height, width))
 
     @property
     def num_classes(self) -> int | None:

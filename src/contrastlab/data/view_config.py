@@ -15,14 +15,14 @@ from typing import Any
 
 from contrastlab.core.config import AugmentConfig, ConfigError, ViewConfig, convert_value
 from contrastlab.core.registry import suggest
-from contrastlab.data.augment import PRESETS, TRANSFORMS, VIEW_KINDS, TransformArgumentError
+from contrastlab.data.augment import AUTO_PRESET, PRESETS, TRANSFORMS, VIEW_KINDS, TransformArgumentError
 
 
 def check_augment(augment: AugmentConfig) -> None:
     """Validate ``augment.preset`` and ``augment.views`` in place (typed transform arguments)."""
-    if augment.preset not in PRESETS:
+    if augment.preset not in PRESETS and augment.preset != AUTO_PRESET:
         raise ConfigError(f"augment.preset: unknown preset {augment.preset!r}"
-                          f"{suggest(str(augment.preset), list(PRESETS))}; available: {', '.join(PRESETS)}")
+                          f"{suggest(str(augment.preset), list(PRESETS))}; available: auto, {', '.join(PRESETS)}")
     if augment.views is not None:
         augment.views = check_views(augment.views, "augment.views")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from contrastlab.core.config import Config, ConfigError, DataConfig, MethodConfig
 from contrastlab.data import DATASETS
-from contrastlab.data.augment import RandomResizedCropFlip, build_pipelines
+from contrastlab.data.augment import RandomResizedCropFlip, build_pipelines, resolve_preset
 from contrastlab.data.dataset import Dataset
 from contrastlab.data.loading import eval_batches
 from contrastlab.data.view_config import check_views
@@ -93,11 +94,15 @@ def make_normalize(color_space: str, train: Dataset) -> Normalize:
     return Normalize(mean, std)
 
 
-def fill_train_sized_fields(method: MethodConfig, train_size: int) -> None:
-    """Sets to ``train_size`` each field of ``method`` that its class lists in a
-    ``TRAIN_SIZED_FIELDS`` class attribute and that is ``None`` (e.g. MetAug-Lab's
-    ``bank_size``: one memory-bank row per training image). A value already set must be at
-    least ``train_size`` (``ConfigError`` naming ``method.<field>``)."""
+def fit_train_sized_fields(method: MethodConfig, train_size: int) -> None:
+    """Fits ``method``'s fields to a training set of ``train_size`` samples, in place.
+
+    A field its class lists in ``TRAIN_SIZED_FIELDS`` (MetAug-Lab's ``bank_size``: one row per
+    training image) is set to ``train_size`` when ``None``, and must otherwise be at least that
+    (``ConfigError`` naming ``method.<field>``). A field in ``TRAIN_CAPPED_FIELDS`` (MoCo's
+    ``queue_size``) larger than ``train_size`` is lowered to it with a warning: a queue longer
+    than the training set holds several keys of one image, negatives of its own positive.
+    """
     for field in getattr(type(method), "TRAIN_SIZED_FIELDS", ()):
         value = getattr(method, field)
         if value is None:
@@ -105,12 +110,19 @@ def fill_train_sized_fields(method: MethodConfig, train_size: int) -> None:
         elif value < train_size:
             raise ConfigError(f"method.{field}={value} is smaller than the {train_size} training images; "
                               f"set it to at least {train_size} or to null (the training-set size)")
+    for field in getattr(type(method), "TRAIN_CAPPED_FIELDS", ()):
+        value = getattr(method, field)
+        if value > train_size:
+            warnings.warn(f"method.{field}={value} is larger than the {train_size} training samples; "
+                          f"using {train_size}", stacklevel=2)
+            setattr(method, field, train_size)
 
 
 def make_views(cfg: Config, data: RunData) -> list:
     """The view pipelines of the run, in order: ``cfg.augment.views``, or when it is null the
-    method's default views (``Method.default_views`` from the preset fields). A view entry of
-    ``count`` k gives k pipelines.
+    method's default views (``Method.default_views`` from the preset fields; ``preset: auto``
+    is the preset of the training split's ``kind``). A view entry of ``count`` k gives k
+    pipelines.
 
     Raises :class:`ConfigError` naming ``augment.views`` when the number of views is not one
     the method accepts (``Method.accepted_views``), and naming the view (or the preset) that
@@ -121,6 +133,10 @@ def make_views(cfg: Config, data: RunData) -> list:
     if a.views is not None:
         key, views = "augment.views", check_views(a.views, "augment.views")
     else:
+        try:
+            a = dataclasses.replace(a, preset=resolve_preset(a.preset, data.train.kind))
+        except ValueError as err:
+            raise ConfigError(f"{err} (dataset '{cfg.data.name}')") from None
         key = f"augment.preset ('{a.preset}', the default views of method '{cfg.method.name}')"
         views = check_views(method.default_views(a), key)
     count = sum(view.count for view in views)
@@ -158,8 +174,8 @@ def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Mo
 def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int) -> Method:
     """The method of ``cfg.method`` on a new backbone, given a builder of further encoders
     (:meth:`Method.build_encoders`); its training-set-sized fields are resolved first
-    (:func:`fill_train_sized_fields`, recorded in ``cfg``)."""
-    fill_train_sized_fields(cfg.method, train_size)
+    (:func:`fit_train_sized_fields`, recorded in ``cfg``)."""
+    fit_train_sized_fields(cfg.method, train_size)
     method = METHODS.get(cfg.method.name)(cfg.method, make_backbone(cfg, input_shape))
     method.build_encoders(lambda: make_backbone(cfg, input_shape))
     return method

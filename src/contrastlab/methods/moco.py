@@ -21,9 +21,10 @@ from contrastlab.methods.simclr import ContrastiveConfig
 class MoCoConfig(ContrastiveConfig):
     RANGES: ClassVar[dict[str, str]] = {"queue_size": ">= 1", "base_momentum": "in [0, 1]",
                                         "final_momentum": "in [0, 1]", "bn_splits": ">= 1"}
+    TRAIN_CAPPED_FIELDS: ClassVar[tuple[str, ...]] = ("queue_size",)  # at most the training-set size
 
     temperature: float = 0.2
-    queue_size: int = 65536
+    queue_size: int = 65536  # lowered to the training-set size when larger (engine.setup)
     base_momentum: float = 0.99  # key encoder EMA; MoCo v2 uses 0.999 at 200+ epochs
     final_momentum: float = 0.99  # > base_momentum: cosine schedule towards it
     bn_guard: Literal["shuffle", "none"] = "shuffle"  # or none + train.sync_batchnorm=true

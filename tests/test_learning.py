@@ -1,0 +1,31 @@
+"""The recipes learn: a short run beats the same backbone at its random initialisation."""
+
+from pathlib import Path
+
+import pytest
+
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.evaluation import evaluate_run
+from contrastlab.engine.trainer import Trainer
+from contrastlab.recipes import load_config
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.slow
+def test_simclr_recipe_beats_the_untrained_backbone_on_digits(tmp_path):
+    """SimCLR's small-grayscale recipe, unchanged but for the dataset and a short budget, on
+    scikit-learn's digits (1437 train / 360 test; kNN at k = 20, the classes have ~144 images).
+    Measured: about +4 kNN and +5 linear points over the untrained ConvNet in 2 seeds
+    (benchmarks/results/recipes_digits.md); the margins asked here are the issue's."""
+    cfg = load_config(CONFIGS / "simclr-gray-small-convnet.yaml", [
+        "data.name=digits", "train.epochs=30", "train.progress=false", "train.device=cpu",
+        "eval.knn_k=20", "eval.plots=false", "eval.compare_random_init=true",
+    ])
+    Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
+    results = evaluate_run(tmp_path, cfg, echo=False)
+    trained, untrained = results["trained"], results["random_init"]
+    assert trained["knn"]["accuracy"] >= untrained["knn"]["accuracy"] + 2.0
+    assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
+    rank = trained["diagnostics"]["effective_rank"]
+    assert rank >= untrained["diagnostics"]["effective_rank"] * 2 / 3
