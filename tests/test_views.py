@@ -198,6 +198,12 @@ def test_bad_views_are_rejected_at_load_with_the_dotted_key(override, message):
         (["method.name=simclr", "augment.views=[{count: 1, transforms: [{name: crop}]}]"],
          r"augment.views: method 'simclr' takes at least 2 views, got 1"),
         (["method.name=simclr", "method.num_global=3"], r"augment.views: method 'simclr' takes at least 3 views, got 2"),
+        (["method.name=byol", "augment.views=[{count: 1, size: 12, transforms: [{name: crop}]}, "
+          "{count: 1, size: 8, transforms: [{name: crop}]}]"],
+         r"augment.views: method 'byol' takes views of one size, got sizes \[12, 8\]"),
+        (["method.name=moco", "augment.views=[{count: 1, size: 12, transforms: [{name: crop}]}, "
+          "{count: 1, transforms: [{name: crop}]}]"],
+         r"augment.views: method 'moco' takes views of one size, got sizes \[12, 16\]"),
     ],
 )
 def test_make_views_checks_the_number_of_views_the_method_takes(overrides, message):

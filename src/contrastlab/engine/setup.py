@@ -125,8 +125,9 @@ def make_views(cfg: Config, data: RunData) -> list:
     pipelines.
 
     Raises :class:`ConfigError` naming ``augment.views`` when the number of views is not one
-    the method accepts (``Method.accepted_views``), and naming the view (or the preset) that
-    cannot be built for this data.
+    the method accepts (``Method.accepted_views``) or their sizes differ for a method that takes
+    one size (``Method.mixed_view_sizes``), and naming the view (or the preset) that cannot be
+    built for this data.
     """
     a = cfg.augment
     method = METHODS.get(cfg.method.name)
@@ -145,6 +146,10 @@ def make_views(cfg: Config, data: RunData) -> list:
         accepted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
         raise ConfigError(f"augment.views: method '{cfg.method.name}' takes {accepted} views, got {count} "
                           f"(counts {[view.count for view in views]})")
+    sizes = [view.size or max(data.train.shape[1:]) for view in views for _ in range(view.count)]
+    if not method.mixed_view_sizes and len(set(sizes)) > 1:
+        raise ConfigError(f"augment.views: method '{cfg.method.name}' takes views of one size, got sizes {sizes} "
+                          "(views of several sizes: a method with multi-crop, such as simclr)")
     try:
         return build_pipelines([dataclasses.asdict(view) for view in views], image_shape=data.train.shape,
                                normalize=data.normalize)

@@ -90,6 +90,10 @@ class Method(nn.Module):
                                                          "jitter_prob", "gray_prob", "blur_prob", "solarize_prob")}
         return [ViewConfig(**view) for view in preset_views(augment.preset, **fields)]
 
+    mixed_view_sizes: ClassVar[bool] = False
+    """Whether the method takes views of several sizes (multi-crop); those that concatenate
+    their views into one batch do not."""
+
     @classmethod
     def accepted_views(cls, cfg: MethodConfig) -> tuple[int, int | None]:
         """``(fewest, most)`` views the method trains on with ``cfg`` (``None``: no upper

@@ -59,6 +59,7 @@ def multicrop_pairs(num_views: int, num_global: int, ordered: bool) -> list[tupl
 @METHODS.register("simclr", "SimCLR: NT-Xent (or DCL/HCL) between two augmented views (Chen et al., 2020)")
 class SimCLR(Method):
     Config = SimCLRConfig
+    mixed_view_sizes = True  # project_views batches each size on its own
 
     def __init__(self, cfg: SimCLRConfig, backbone: torch.nn.Module) -> None:
         super().__init__(cfg, backbone)
