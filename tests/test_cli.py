@@ -53,7 +53,8 @@ def test_export_loads_into_a_plain_backbone(run_dir, tmp_path):
 def test_list_names_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("methods:", "simclr", "datasets:", "spirograph", "fashion-mnist", "backbones:", "resnet18"):
+    for word in ("methods:", "simclr", "datasets:", "spirograph", "fashion-mnist", "backbones:", "resnet18",
+                 "augmentation presets", "auto", "gray-small", "colour-large"):
         assert word in out
 
 

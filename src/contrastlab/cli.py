@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="e.g. backbone.safetensors")
     export.set_defaults(run=_export)
 
-    listing = sub.add_parser("list", help="list methods, datasets and backbones")
+    listing = sub.add_parser("list", help="list methods, datasets, backbones and augmentation presets")
     listing.set_defaults(run=_list)
     return parser
 
@@ -119,8 +119,14 @@ def _list(args: argparse.Namespace) -> int:
     from contrastlab.methods import METHODS
     from contrastlab.models import BACKBONES
 
+    from contrastlab.data.augment import AUTO_PRESET, PRESETS
+
     for title, registry in (("methods", METHODS), ("datasets", DATASETS), ("backbones", BACKBONES)):
         print(f"{title}:")
         for name, summary in registry.summaries():
             print(f"  {name:<16} {summary}")
+    print("augmentation presets (augment.preset):")
+    print(f"  {AUTO_PRESET:<16} the preset of the dataset's kind (the default)")
+    for name, preset in PRESETS.items():
+        print(f"  {name:<16} {preset.summary}")
     return 0
