@@ -222,8 +222,8 @@ def markdown(runs: list[dict], arms: list[Arm], args: argparse.Namespace, comman
              f"Mean ± sample std over seeds {args.seeds}; \"vs\" columns: difference of the means "
              "from the first arm on that dataset. Images/s: median over the logged training windows after the first; "
              "wall time and peak RSS: the whole training + evaluation process."]
+    order = [UNTRAINED] * args.untrained + [arm.name for arm in arms]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        order = [UNTRAINED] * args.untrained + [arm.name for arm in arms]
         lines += ["", f"## {dataset}", "", *dataset_table([r for r in runs if r["dataset"] == dataset], order)]
     return lines
 

@@ -15,6 +15,7 @@ initialisation (the "untrained" line). Writes ``results/<out>.{json,md}`` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -85,7 +86,8 @@ def main() -> None:
     runs = []
     for position, recipe in enumerate(recipes):
         for index, epochs in enumerate(args.epochs):
-            arm = type(recipe)(f"{recipe.name}-e{epochs}", recipe.recipe, (*recipe.overrides, f"train.epochs={epochs}"))
+            arm = dataclasses.replace(recipe, name=f"{recipe.name}-e{epochs}",
+                                      overrides=(*recipe.overrides, f"train.epochs={epochs}"))
             entries = run(arm, args.seed, args.common, args.out, args.resume, untrained=position == index == 0)
             for entry in entries:
                 entry.update(arm=recipe.name if entry["arm"] != UNTRAINED else UNTRAINED, epochs=epochs)

@@ -61,9 +61,7 @@ class ImageData:
                 f"{self.name}: {self.targets.shape[1]} target columns but "
                 f"{len(self.target_names)} target names"
             )
-        if not self.kind:
-            channels, height, width = self.images.shape[1:]
-            self.kind = image_kind(channels, max(height, width))
+        self.kind = self.kind or image_kind(self.shape)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -76,12 +76,12 @@ SMALL_IMAGE_SIDE = 64
 """Images at most this many pixels on a side are "small" (MNIST, CIFAR, STL at 64)."""
 
 
-def image_kind(channels: int, side: int) -> str:
-    """The data kind of ``channels``-channel images of ``side`` pixels (the longer side):
-    ``gray-small`` / ``colour-small`` up to :data:`SMALL_IMAGE_SIDE`, else ``gray-large`` /
-    ``colour-large``."""
+def image_kind(shape: tuple[int, int, int]) -> str:
+    """The data kind of images of shape ``(C, H, W)``: ``gray-small`` / ``colour-small`` when
+    the longer side is at most :data:`SMALL_IMAGE_SIDE`, else ``gray-large`` / ``colour-large``."""
+    channels, height, width = shape
     tone = "gray" if channels == 1 else "colour"
-    return f"{tone}-{'small' if side <= SMALL_IMAGE_SIDE else 'large'}"
+    return f"{tone}-{'small' if max(height, width) <= SMALL_IMAGE_SIDE else 'large'}"
 
 
 def num_classes(dataset: Dataset) -> int | None:

@@ -92,8 +92,7 @@ class ImageFiles:
     @property
     def kind(self) -> str:
         """The data kind of the eval input (:func:`~contrastlab.data.dataset.image_kind`)."""
-        channels, height, width = self.shape
-        return image_kind(channels, max(height, width))
+        return image_kind(self.shape)
 
     @property
     def num_classes(self) -> int | None:
