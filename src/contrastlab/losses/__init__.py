@@ -7,16 +7,23 @@ from contrastlab.losses.contrastive import (
     batch_pairs,
     contrastive_loss,
     debiased_info_nce,
+    decoupled_info_nce,
     hard_negative_log_weights,
     info_nce,
     queue_pairs,
 )
+from contrastlab.losses.difficulty import debiased_triplet_loss, difficulty_weights
 from contrastlab.losses.infonce import nt_xent
 from contrastlab.losses.margin import MARGIN_TYPES, margin_injection
+from contrastlab.losses.mmcl import KERNELS, SOLVERS, KernelSpec, SolverSpec, mmcl_loss
 from contrastlab.losses.oucl import oucl
 
 __all__ = [
+    "KERNELS",
     "LOSS_KINDS",
+    "SOLVERS",
+    "KernelSpec",
+    "SolverSpec",
     "MARGIN_TYPES",
     "barlow_twins_loss",
     "batch_pairs",
@@ -24,9 +31,13 @@ __all__ = [
     "contrastive_loss",
     "cross_correlation",
     "debiased_info_nce",
+    "debiased_triplet_loss",
+    "decoupled_info_nce",
+    "difficulty_weights",
     "hard_negative_log_weights",
     "info_nce",
     "margin_injection",
+    "mmcl_loss",
     "nt_xent",
     "oucl",
     "queue_pairs",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from contrastlab.core.distributed import gather_with_grad, rank_and_world
 from contrastlab.losses.logsumexp import log_softmax, logsumexp
 
-LOSS_KINDS = ("infonce", "dcl", "hcl")
+LOSS_KINDS = ("infonce", "dcl", "hcl", "decoupled")
 
 
 def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,11 +43,13 @@ def hard_negative_log_weights(neg: torch.Tensor, temperature: float, beta: float
 
 
 def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, tau_plus: float,
-                      beta: float = 0.0) -> torch.Tensor:
+                      beta: float = 0.0, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """DCL (Chuang et al., 2020; ``beta = 0``) and HCL (Robinson et al., 2021; ``beta > 0``).
 
     ``Ng = max((sum_j w_j e^{neg_j/t} - tau_plus M e^{pos/t}) / (1 - tau_plus), M e^{-1/t})`` with
-    the weights of :func:`hard_negative_log_weights` and ``L = mean_a -log(e^{pos/t} / (e^{pos/t} + Ng))``.
+    the weights of :func:`hard_negative_log_weights` (or ``exp(log_weights)``, given per
+    negative, e.g. the difficulty weights of :mod:`contrastlab.losses.difficulty`; ``beta`` is
+    then unused) and ``L = mean_a -log(e^{pos/t} / (e^{pos/t} + Ng))``.
     Computed entirely in log space, so no exponential over- or underflows at small temperatures;
     the floor ``M e^{-1/t}`` (the least ``Ng`` cosines in [-1, 1] allow) is applied exactly, and
     where it is active ``Ng`` is a constant (no gradient to the negatives).
@@ -55,13 +57,17 @@ def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, 
     Args:
         pos: ``(N,)`` and neg: ``(N, M)`` cosine similarities.
         temperature: ``t > 0``; tau_plus: class prior in ``[0, 1)``; beta: concentration ``>= 0``.
+        log_weights: ``(N, M)`` log weights of the negatives, or ``None`` for HCL's.
     """
     _check(pos, neg, temperature)
     if not 0.0 <= tau_plus < 1.0:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
     m = neg.shape[1]
     log_pos = pos / temperature
-    log_weights = hard_negative_log_weights(neg, temperature, beta)
+    if log_weights is None:
+        log_weights = hard_negative_log_weights(neg, temperature, beta)
+    elif log_weights.shape != neg.shape:
+        raise ValueError(f"log_weights must have the shape of neg {tuple(neg.shape)}, got {tuple(log_weights.shape)}")
     log_negatives = logsumexp(log_weights + neg / temperature, dim=1)  # log sum_j w_j e^{neg_j/t}
     log_floor = math.log(m) - 1.0 / temperature
     above_floor = log_negatives > log_floor
@@ -76,11 +82,39 @@ def debiased_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float, 
     return (torch.logaddexp(log_pos, log_ng) - log_pos).mean()
 
 
+def decoupled_info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float,
+                       vmf_sigma: float | None = None) -> torch.Tensor:
+    """The *decoupled* contrastive loss (Yeh et al., 2022; lightly's ``DCLLoss``, not Chuang et
+    al.'s debiased DCL of :func:`debiased_info_nce`): InfoNCE with the positive left out of the
+    denominator, ``L_a = -w_a pos_a / t + log sum_j e^{neg_aj / t}``.
+
+    ``w_a = 1``, or with ``vmf_sigma`` (DCLW) the von Mises-Fisher weighting
+    ``w_a = 2 - n e^{pos_a / sigma} / sum_b e^{pos_b / sigma}`` over the ``n`` anchors of the
+    global batch (gathered under ``torch.distributed``, so two ranks equal one process), which
+    weighs easy positives less. The weights carry gradients, as in lightly's implementation.
+
+    Args:
+        pos: ``(N,)`` and neg: ``(N, M)`` cosine similarities; temperature: ``t > 0``;
+        vmf_sigma: ``sigma > 0`` or ``None``.
+    """
+    _check(pos, neg, temperature)
+    weights = 1.0
+    if vmf_sigma is not None:
+        if vmf_sigma <= 0:
+            raise ValueError(f"vmf_sigma must be > 0, got {vmf_sigma}")
+        every = gather_with_grad(pos)
+        weights = 2.0 - every.shape[0] * torch.exp(pos / vmf_sigma - logsumexp(every / vmf_sigma, dim=0))
+    return (logsumexp(neg / temperature, dim=1) - weights * pos / temperature).mean()
+
+
 def contrastive_loss(pos: torch.Tensor, neg: torch.Tensor, temperature: float, kind: str = "infonce",
-                     tau_plus: float = 0.1, beta: float = 1.0) -> torch.Tensor:
-    """The one switch between InfoNCE, DCL and HCL (``kind``); ``dcl`` ignores ``beta``."""
+                     tau_plus: float = 0.1, beta: float = 1.0, vmf_sigma: float | None = None) -> torch.Tensor:
+    """The one switch between InfoNCE, DCL (debiased), HCL and the decoupled loss (``kind``);
+    ``dcl`` ignores ``beta``, only ``decoupled`` reads ``vmf_sigma``."""
     if kind == "infonce":
         return info_nce(pos, neg, temperature)
+    if kind == "decoupled":
+        return decoupled_info_nce(pos, neg, temperature, vmf_sigma)
     if kind == "dcl":
         return debiased_info_nce(pos, neg, temperature, tau_plus, 0.0)
     if kind == "hcl":

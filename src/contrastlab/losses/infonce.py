@@ -1,4 +1,4 @@
-"""NT-Xent / InfoNCE over a batch of paired views (SimCLR's loss), with the DCL/HCL switch."""
+"""NT-Xent / InfoNCE over a batch of paired views (SimCLR's loss), with the DCL/HCL/decoupled switch."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from contrastlab.losses.contrastive import batch_pairs, contrastive_loss
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, kind: str = "infonce",
-            tau_plus: float = 0.1, beta: float = 1.0) -> torch.Tensor:
-    """SimCLR's normalised-temperature cross-entropy (or DCL / HCL on the same negatives).
+            tau_plus: float = 0.1, beta: float = 1.0, vmf_sigma: float | None = None) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross-entropy (or DCL / HCL / decoupled on the same negatives).
 
     For each of the 2B embeddings ``a`` with positive ``p(a)`` (the other view of the same
     image), ``L_a = -log exp(s_ap / t) / sum_{k != a} exp(s_ak / t)`` with cosine similarity
@@ -21,6 +21,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, kind: 
     Args:
         z1, z2: ``(B, D)`` projections of the two views (normalised here).
         temperature: ``t > 0``.
-        kind: ``"infonce"``, ``"dcl"`` or ``"hcl"`` (see :func:`contrastive_loss`).
+        kind: ``"infonce"``, ``"dcl"``, ``"hcl"`` or ``"decoupled"`` (see :func:`contrastive_loss`).
     """
-    return contrastive_loss(*batch_pairs(z1, z2), temperature, kind, tau_plus, beta)
+    return contrastive_loss(*batch_pairs(z1, z2), temperature, kind, tau_plus, beta, vmf_sigma)
