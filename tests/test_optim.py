@@ -65,6 +65,13 @@ def test_warmup_then_cosine():
     assert learning_rate(constant, 7, 20, 5) == 0.3
 
 
+def test_step_schedule_drops_at_its_milestone_epochs():
+    """The difficulty-based recipes' MultiStepLR: x0.1 at the start of epoch 2 (here) and 3."""
+    cfg = OptimConfig(lr=1.0, warmup_epochs=0, schedule="step", milestones=(2, 3), gamma=0.1)
+    lrs = [learning_rate(cfg, s, total_steps=20, steps_per_epoch=5) for s in range(20)]
+    assert lrs == pytest.approx([1.0] * 10 + [0.1] * 5 + [0.01] * 5)
+
+
 @pytest.mark.parametrize("name", ["lars", "sgd"])
 def test_excluded_parameters_are_left_to_the_method(name):
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

@@ -177,7 +177,7 @@ class OptimConfig:
 
     RANGES: ClassVar[dict[str, str]] = {
         "lr": "> 0", "momentum": "in [0, 1)", "weight_decay": ">= 0", "betas": "in [0, 1)", "lars_trust": "> 0",
-        "warmup_epochs": ">= 0", "min_lr": ">= 0", "grad_clip": "> 0",
+        "warmup_epochs": ">= 0", "min_lr": ">= 0", "grad_clip": "> 0", "milestones": ">= 0", "gamma": "> 0",
     }
 
     name: Literal["sgd", "lars", "adam", "adamw"] = "lars"
@@ -188,8 +188,10 @@ class OptimConfig:
     lars_trust: float = 1e-3
     lars_exclude_bias_and_norm: bool = True  # False = torchlars semantics (every tensor adapted)
     warmup_epochs: float = 1.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr: float = 0.0
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    min_lr: float = 0.0  # cosine: the final rate
+    milestones: tuple[float, ...] = ()  # step: epochs at whose start the rate is multiplied by gamma
+    gamma: float = 0.1
     grad_clip: float | None = None  # max global gradient norm
 
 

@@ -101,12 +101,15 @@ def optimizer_over(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.
 
 
 def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over ``warmup_epochs`` then cosine decay to ``min_lr`` (or constant)."""
+    """Linear warm-up over ``warmup_epochs`` then cosine decay to ``min_lr``, constant, or
+    ``step``: multiplied by ``gamma`` at the start of each epoch of ``milestones``."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

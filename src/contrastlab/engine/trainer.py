@@ -137,14 +137,17 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
-        epoch_losses = []
+        window_skipped, epoch_losses = None, []
         for i, batch in enumerate(self.loader):
             batch_size = len(batch["index"])
             out = self._step(batch_to(batch, self.device, non_blocking=True), generator)
             bar.update()
-            loss = out["loss"].item()
-            epoch_losses.append(loss)
-            window_loss.append(loss)
+            if "skipped" in out:  # the method can skip batches: count them per window
+                window_skipped = (window_skipped or 0) + out["skipped"]
+            if not out.get("skipped"):
+                loss = out["loss"].item()
+                epoch_losses.append(loss)
+                window_loss.append(loss)
             window_images += batch_size * self.env.world_size
             if "probe_correct" in out:
                 window_correct.append(out["probe_correct"])
@@ -153,7 +156,7 @@ class Trainer:
                 record = {
                     "step": self.step,
                     "epoch": epoch + (i + 1) / self.steps_per_epoch,
-                    "loss": sum(window_loss) / len(window_loss),
+                    "loss": sum(window_loss) / len(window_loss) if window_loss else float("nan"),
                     "lr": self.optimizers[MAIN][0].param_groups[0]["lr"],
                     "images_per_s": window_images / max(elapsed, 1e-9),
                 }
@@ -162,12 +165,16 @@ class Trainer:
                         record[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
                 if window_correct:
                     record["online_acc"] = 100.0 * sum(window_correct) / (len(window_correct) * batch_size)
+                if window_skipped is not None:
+                    record["skipped_steps"] = window_skipped
                 record.update(out["extra"])
                 self.logger.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
+                window_skipped = None if window_skipped is None else 0
         bar.close()
-        self.logger.log({"step": self.step, "epoch": epoch + 1, "epoch_loss": sum(epoch_losses) / len(epoch_losses)})
+        epoch_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
+        self.logger.log({"step": self.step, "epoch": epoch + 1, "epoch_loss": epoch_loss})
         self.logger.flush()
 
     def _step(self, batch: Batch, generator: torch.Generator) -> dict:
@@ -178,10 +185,15 @@ class Trainer:
         views = [view.apply(batch, p) for view, p in zip(self.views, params)]
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        step = StepInput(views, params, self.views, batch, generator, self.step / self.total_steps)
+        step = StepInput(views, params, self.views, batch, generator, self.step / self.total_steps,
+                         self.step // self.steps_per_epoch)
         with self._autocast():
             out = self.model(step)
         loss = out["loss"]
+        if "skip_step" in out:  # every rank skips when one asks (the collectives stay in step)
+            if all_reduce_mean(out["skip_step"].float()) > 0:
+                self.step += 1
+                return {"loss": loss.detach(), "skipped": 1, "extra": {}}
         if not torch.isfinite(loss):
             saved = self.run_dir / ckpt.CHECKPOINT_NAME
             kept = f"the last good checkpoint is {saved}" if saved.exists() else "no checkpoint was written yet"
@@ -203,8 +215,10 @@ class Trainer:
         self.step += 1
 
         result = {"loss": all_reduce_mean(loss.detach()), "extra": {}}
+        if "skip_step" in out:
+            result["skipped"] = 0
         for key, value in out.items():
-            if key in ("loss", "features") or not torch.is_tensor(value):
+            if key in ("loss", "features", "skip_step") or not torch.is_tensor(value):
                 continue
             if value.numel() == 1:
                 result["extra"][key] = value.item()

@@ -27,6 +27,7 @@ class StepInput:
             ``index`` ``(B,)``, ``labels``/``targets``/extras where the dataset has them.
         generator: CPU generator for any further sampling (seeded per epoch: reproducible).
         progress: fraction of training done, in [0, 1) (for momentum schedules).
+        epoch: the 0-based epoch of this step (for schedules by epoch).
     """
 
     views: list[torch.Tensor]
@@ -35,6 +36,7 @@ class StepInput:
     batch: dict[str, torch.Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
     progress: float = 0.0
+    epoch: int = 0
 
 
 @dataclass
@@ -123,7 +125,8 @@ class Method(nn.Module):
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         """Returns ``{"loss": scalar, "features": (B, D) detached backbone output of view 0,
-        ...further scalars to log}``."""
+        ...further scalars to log}``; a true ``"skip_step"`` (bool scalar) asks the trainer to
+        skip this batch's update (counted as ``skipped_steps``)."""
         raise NotImplementedError
 
     def forward(self, step: StepInput) -> dict[str, torch.Tensor]:

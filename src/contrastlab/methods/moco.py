@@ -11,6 +11,7 @@ from torch import nn
 from contrastlab.components.momentum import EMATeacher, cosine_momentum
 from contrastlab.components.queue import FeatureQueue
 from contrastlab.components.shuffle_bn import shuffled_forward
+from contrastlab.core.config import ConfigError
 from contrastlab.losses import contrastive_loss, queue_pairs
 from contrastlab.methods.base import Method, StepInput
 from contrastlab.methods.registry import METHODS
@@ -30,6 +31,21 @@ class MoCoConfig(ContrastiveConfig):
     bn_guard: Literal["shuffle", "none"] = "shuffle"  # or none + train.sync_batchnorm=true
     bn_splits: int = 2  # one process: shuffled chunks for the key encoder's BatchNorm
     symmetric: bool = False  # also contrast view 2's query with view 1's key
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.loss == "mmcl":
+            k = self.queue_size
+            raise ConfigError(
+                f"{prefix}.loss=mmcl solves an SVM per query over its negatives: over MoCo's queue of "
+                f"{prefix}.queue_size={k} keys the closed form needs a Gram tensor of batch x {k} x {k} "
+                f"({4 * 256 * k**2 / 2**30:,.0f} GiB in float32 at batch 256) and the projected gradient a "
+                f"{k} x {k} kernel matrix and batch x {k} x {k} multiply-adds per iteration; use "
+                f"method.name=simclr (the batch's own negatives)")
+        if self.loss == "difficulty":
+            raise ConfigError(
+                f"{prefix}.loss=difficulty weighs each negative by a second encoder's similarity to it, which "
+                f"needs the negatives' images; MoCo's queue holds only past keys; use method.name=simclr")
 
 
 @METHODS.register("moco", "MoCo v2: momentum key encoder and a queue of negatives (Chen et al., 2020)")
