@@ -63,6 +63,7 @@ METHOD_OVERRIDES = {
     "invclr": ["method.name=invclr", "augment.preset=simclr-cifar", "method.gp_weight=0.5"],
     "metamask": ["method.name=metamask", "method.cl_hidden_dim=32", "method.cl_out_dim=16", "method.mask_lr=0.05"],
     "metaug": ["method.name=metaug", "method.gen_hidden_dim=32"],
+    "isd": ["method.name=isd", "method.queue_size=96", "method.pred_hidden_dim=32"],
     "metaug_lab": ["method.name=metaug_lab", "data.name=spirograph", "data.color_space=lab", "backbone.name=lab_split",
                    "backbone.options={encoder: convnet, encoder_options: {channels: [8, 16]}}",
                    "method.gen_hidden_dim=32", "method.num_negatives=32"],

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write the backbone's weights as safetensors")
     export.add_argument("run_dir", type=Path)
     export.add_argument("--out", type=Path, required=True, help="e.g. backbone.safetensors")
+    export.add_argument("--encoder", default="student",
+                        help="which backbone: student (default), or teacher (methods with an EMA teacher)")
     export.set_defaults(run=_export)
 
     listing = sub.add_parser("list", help="list methods, datasets, backbones and augmentation presets")
@@ -104,11 +106,17 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from contrastlab.engine.checkpoint import backbone_state, export_backbone, load_checkpoint
 
+    from contrastlab.methods import METHODS
+
     state = load_checkpoint(args.run_dir)
-    weights = backbone_state(state)
     cfg = state["config"]
+    encoders = METHODS.get(cfg["method"]["name"]).EVAL_ENCODERS
+    if args.encoder not in encoders:
+        raise ConfigError(f"--encoder: method '{cfg['method']['name']}' has no '{args.encoder}' encoder; "
+                          f"choose {' or '.join(encoders)}")
+    weights = backbone_state(state, encoders[args.encoder])
     meta = {"backbone": cfg["backbone"]["name"], "options": cfg["backbone"]["options"],
-            "input_shape": state["input_shape"], "method": cfg["method"]["name"]}
+            "input_shape": state["input_shape"], "method": cfg["method"]["name"], "encoder": args.encoder}
     out = export_backbone(weights, meta, args.out)
     print(f"wrote {out} ({len(weights)} tensors; backbone {meta['backbone']}, input {meta['input_shape']})")
     return 0

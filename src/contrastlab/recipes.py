@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from contrastlab.core.config import Config, MethodConfig, config_from_dict, read_recipe
+from contrastlab.core.config import Config, ConfigError, MethodConfig, config_from_dict, read_recipe
 from contrastlab.data.view_config import check_augment
 from contrastlab.methods import METHODS
 
@@ -21,7 +21,12 @@ def method_configs() -> dict[str, type[MethodConfig]]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML recipe (or start from the defaults), apply ``a.b=value`` overrides, validate
-    (the views against the transform table: :func:`check_augment`)."""
+    (the views against the transform table: :func:`check_augment`; ``eval.encoder`` against the
+    method's encoders)."""
     cfg = config_from_dict(read_recipe(path, overrides), method_configs())
     check_augment(cfg.augment)
+    encoders = METHODS.get(cfg.method.name).EVAL_ENCODERS
+    if cfg.eval.encoder not in encoders:
+        raise ConfigError(f"eval.encoder: method '{cfg.method.name}' has no '{cfg.eval.encoder}' encoder; "
+                          f"choose {' or '.join(encoders)}")
     return cfg

@@ -35,3 +35,15 @@ def shuffled_forward(module: nn.Module, x: torch.Tensor, splits: int, generator:
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     out = torch.cat([module(chunk) for chunk in x[order].chunk(splits)])
     return out[torch.argsort(order)]
+
+
+def guarded_forward(module: nn.Module, x: torch.Tensor, guard: str, splits: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """A teacher's ``module(x)`` under its BatchNorm guard: ``"shuffle"`` (:func:`shuffled_forward`)
+    or ``"none"`` (a plain forward, e.g. with ``train.sync_batchnorm=true``); without gradients."""
+    if guard == "shuffle":
+        return shuffled_forward(module, x, splits, generator)
+    if guard != "none":
+        raise ValueError(f"unknown BatchNorm guard '{guard}'; expected shuffle or none")
+    with torch.no_grad():
+        return module(x)

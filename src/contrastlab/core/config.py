@@ -230,6 +230,7 @@ class EvalConfig:
     plots: bool = True
     feature_averaging: int | None = None  # M: also evaluate features averaged over M training views
     robustness: tuple[float, ...] | None = None  # test-time nuisance strengths (probes on clean train)
+    encoder: str = "student"  # which trained backbone: student, or teacher (methods with an EMA teacher)
 
     RANGES: ClassVar[dict[str, str]] = {
         "knn_k": ">= 1", "knn_temperature": "> 0", "weight_decays": ">= 0", "ridge_alphas": "> 0",

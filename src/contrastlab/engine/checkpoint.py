@@ -51,9 +51,9 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{path} is not a readable contrastlab checkpoint: {err}") from None
 
 
-def backbone_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The backbone's weights from a checkpoint's method state (keys without ``backbone.``)."""
-    prefix = "backbone."
+def backbone_state(checkpoint: dict[str, Any], prefix: str = "backbone.") -> dict[str, torch.Tensor]:
+    """A backbone's weights from a checkpoint's method state: the keys under ``prefix`` (the
+    student's ``backbone.`` by default, or a teacher's), without it."""
     return {k[len(prefix):]: v for k, v in checkpoint["method"].items() if k.startswith(prefix)}
 
 

@@ -17,13 +17,15 @@ from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.robustness import format_robustness, perturbation_for, robustness_curve
+from contrastlab.methods import METHODS
 from contrastlab.report.plots import plot_run
 
 EMBEDDING_PLOT_POINTS = 2000
 
 
 def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any]:
-    """Evaluate the backbone in ``run_dir/checkpoint.pt`` (and, when
+    """Evaluate the backbone in ``run_dir/checkpoint.pt`` (the student's, or the teacher's with
+    ``eval.encoder: teacher``; and, when
     ``eval.compare_random_init``, the same backbone at initialisation) on ``cfg.data``.
 
     With ``eval.feature_averaging = M`` the trained backbone is also evaluated on features
@@ -66,7 +68,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         return column
 
     trained = make_backbone(cfg, input_shape)
-    trained.load_state_dict(backbone_state(state))
+    trained.load_state_dict(backbone_state(state, METHODS.get(cfg.method.name).EVAL_ENCODERS[e.encoder]))
     columns = {"trained": evaluate_backbone(trained)}
     if e.feature_averaging is not None:
         generator = torch.Generator().manual_seed(cfg.data.seed)
@@ -85,6 +87,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         "dataset": cfg.data.name,
         "method": cfg.method.name,
         "backbone": cfg.backbone.name,
+        "encoder": e.encoder,
         "epochs": int(state["epoch"]),
         "steps": int(state["step"]),
         **columns,

@@ -15,6 +15,7 @@ from contrastlab.losses.contrastive import (
 from contrastlab.losses.difficulty import debiased_triplet_loss, difficulty_weights
 from contrastlab.losses.infonce import nt_xent
 from contrastlab.losses.margin import MARGIN_TYPES, margin_injection
+from contrastlab.losses.isd import similarity_distillation
 from contrastlab.losses.mmcl import KERNELS, SOLVERS, KernelSpec, SolverSpec, mmcl_loss
 from contrastlab.losses.oucl import oucl
 
@@ -41,4 +42,5 @@ __all__ = [
     "nt_xent",
     "oucl",
     "queue_pairs",
+    "similarity_distillation",
 ]

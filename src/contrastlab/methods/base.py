@@ -65,6 +65,9 @@ class Method(nn.Module):
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    EVAL_ENCODERS: ClassVar[dict[str, str]] = {"student": "backbone."}
+    """``eval.encoder`` choices -> the prefix of that backbone's weights in the method's state
+    dict; methods with an EMA teacher add ``"teacher"``."""
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module) -> None:
         super().__init__()

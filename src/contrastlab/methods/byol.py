@@ -38,6 +38,7 @@ class BYOLConfig(MethodConfig):
 @METHODS.register("byol", "BYOL: predictor + EMA target, symmetric cosine loss (Grill et al., 2020)")
 class BYOL(Method):
     Config = BYOLConfig
+    EVAL_ENCODERS = {"student": "backbone.", "teacher": "teacher.module.0."}
 
     def __init__(self, cfg: BYOLConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)

@@ -10,7 +10,7 @@ from torch import nn
 
 from contrastlab.components.momentum import EMATeacher, cosine_momentum
 from contrastlab.components.queue import FeatureQueue
-from contrastlab.components.shuffle_bn import shuffled_forward
+from contrastlab.components.shuffle_bn import guarded_forward
 from contrastlab.core.config import ConfigError
 from contrastlab.losses import contrastive_loss, queue_pairs
 from contrastlab.methods.base import Method, StepInput
@@ -51,6 +51,7 @@ class MoCoConfig(ContrastiveConfig):
 @METHODS.register("moco", "MoCo v2: momentum key encoder and a queue of negatives (Chen et al., 2020)")
 class MoCo(Method):
     Config = MoCoConfig
+    EVAL_ENCODERS = {"student": "backbone.", "teacher": "teacher.module.0."}
 
     def __init__(self, cfg: MoCoConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)
@@ -60,9 +61,7 @@ class MoCo(Method):
         self._keys: torch.Tensor | None = None
 
     def _keys_of(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.cfg.bn_guard == "shuffle":
-            return shuffled_forward(self.teacher.module, x, self.cfg.bn_splits, generator)
-        return self.teacher(x)
+        return guarded_forward(self.teacher.module, x, self.cfg.bn_guard, self.cfg.bn_splits, generator)
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         x1, x2 = step.views
