@@ -67,6 +67,7 @@ METHOD_OVERRIDES = {
     "metaug_lab": ["method.name=metaug_lab", "data.name=spirograph", "data.color_space=lab", "backbone.name=lab_split",
                    "backbone.options={encoder: convnet, encoder_options: {channels: [8, 16]}}",
                    "method.gen_hidden_dim=32", "method.num_negatives=32"],
+    "auccl": ["method.name=auccl"],
 }
 
 

@@ -1,5 +1,6 @@
 """Losses: pure functions of tensors, no trainer state."""
 
+from contrastlab.losses.auc import AUC_MODES, ascent, auc_loss, auc_pairs
 from contrastlab.losses.barlow import barlow_twins_loss, cross_correlation
 from contrastlab.losses.byol import byol_loss
 from contrastlab.losses.contrastive import (
@@ -20,8 +21,12 @@ from contrastlab.losses.mmcl import KERNELS, SOLVERS, KernelSpec, SolverSpec, mm
 from contrastlab.losses.oucl import oucl
 
 __all__ = [
+    "AUC_MODES",
     "KERNELS",
     "LOSS_KINDS",
+    "ascent",
+    "auc_loss",
+    "auc_pairs",
     "SOLVERS",
     "KernelSpec",
     "SolverSpec",
