@@ -8,7 +8,9 @@ other) and samples the process tree (the trainer and its DataLoader workers) eve
 ``--interval`` seconds from ``/proc``: the peak of the summed RSS, of the summed PSS
 (proportional set size: pages shared between the trainer and its forked workers counted
 once), and of the trainer's own RSS. The goal of a streamed dataset: the peaks do not grow
-with the number of images.
+with the number of images. ``--timeline DIR`` also writes ``DIR/<folder name>.jsonl``: every
+sample's per-process RSS, PSS and USS (private pages, MiB) and the trainer's output lines,
+each with its time in seconds since the start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,10 +57,31 @@ def field_kib(path: str, name: str) -> int:
     return 0
 
 
-def measure(command: list[str], interval: float) -> dict:
-    """Run ``command``; its exit code, wall time and peak memory (MiB) of its process tree."""
+def process_mib(pid: int) -> dict:
+    """``pid``'s RSS, PSS and USS (private clean + dirty) in MiB, from ``smaps_rollup``."""
+    fields = {name: field_kib(f"/proc/{pid}/smaps_rollup", name) / 1024
+              for name in ("Rss", "Pss", "Private_Clean", "Private_Dirty")}
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def echo_lines(stream, start: float, timeline) -> None:  # noqa: ANN001 - text streams
+    """Copy ``stream`` to stdout, each line also to ``timeline`` with its time since ``start``."""
+    for line in stream:
+        sys.stdout.write(line)
+        timeline.write(json.dumps({"t": round(time.perf_counter() - start, 2), "line": line.rstrip()}) + "\n")
+
+
+def measure(command: list[str], interval: float, timeline_path: Path | None = None) -> dict:
+    """Run ``command``; its exit code, wall time and peak memory (MiB) of its process tree.
+    With ``timeline_path``, every sample (and output line) is also written there as JSON lines."""
     start = time.perf_counter()
-    process = subprocess.Popen(command)
+    timeline = open(timeline_path, "w") if timeline_path else None
+    process = subprocess.Popen(command, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+                                           if timeline else {}))
+    reader = None
+    if timeline:
+        reader = threading.Thread(target=echo_lines, args=(process.stdout, start, timeline))
+        reader.start()
     peak = {"tree_rss_mib": 0.0, "tree_pss_mib": 0.0, "main_rss_mib": 0.0, "main_pss_mib": 0.0,
             "worker_pss_mib": 0.0, "processes": 0}
     while process.poll() is None:
@@ -70,7 +94,13 @@ def measure(command: list[str], interval: float) -> dict:
                   "processes": len(pids)}
         for key, value in sample.items():
             peak[key] = max(peak[key], value)
+        if timeline:
+            timeline.write(json.dumps({"t": round(time.perf_counter() - start, 2),
+                                       "procs": {p: process_mib(p) for p in pids}}) + "\n")
         time.sleep(interval)
+    if timeline:
+        reader.join()
+        timeline.close()
     return {"returncode": process.returncode, "wall_s": time.perf_counter() - start, **peak}
 
 
@@ -85,6 +115,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--out", help="write benchmarks/results/<out>.{json,md}")
     parser.add_argument("--overrides", nargs="*", default=[], help="section.key=value overrides for every run")
+    parser.add_argument("--timeline", type=Path, help="write per-process samples to DIR/<folder name>.jsonl")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +123,12 @@ def main() -> None:
             run_dir = Path(tmp) / folder.name
             command = [sys.executable, "-m", "contrastlab", "train", args.recipe, f"data.root={folder}",
                        "train.progress=false", *args.overrides, "--run-dir", str(run_dir)]
-            row = {"folder": str(folder), "train_images": count_images(folder), **measure(command, args.interval)}
+            timeline = None
+            if args.timeline:
+                args.timeline.mkdir(parents=True, exist_ok=True)
+                timeline = args.timeline / f"{folder.name}.jsonl"
+            row = {"folder": str(folder), "train_images": count_images(folder),
+                   **measure(command, args.interval, timeline)}
             results = run_dir / "results.json"
             if results.is_file():
                 trained = json.loads(results.read_text()).get("trained", {})

@@ -2,6 +2,8 @@
 batches, epochs are seeded and sharded, and a dataset without a vectorised gather trains,
 resumes and evaluates like an in-memory one."""
 
+import multiprocessing
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.evaluation import evaluate_run
 from contrastlab.engine.sampler import EpochBatches
 from contrastlab.engine.trainer import Trainer
-from contrastlab.eval.features import extract_features
+from contrastlab.eval.features import extract_features, gather_rows
 from contrastlab.models import build_backbone
 from test_trainer import interrupted_run, losses, tiny_config
 
@@ -111,6 +113,15 @@ def test_features_of_a_dataset_are_extracted_batch_by_batch():
     assert streamed.largest_batch == 16 and [k for k in streamed.keys] == list(range(50))
     index = torch.tensor([7, 3])
     assert [b["index"].tolist() for b in eval_batches(data, 1, index)] == [[7], [3]]
+    with pytest.raises(ValueError, match="expected 3 rows, got 2"):
+        gather_rows(3, [torch.zeros(2, 4)])
+
+
+def test_eval_workers_are_shut_down_when_the_pass_ends():
+    before = set(multiprocessing.active_children())
+    loader = eval_batches(PerSample(digits(20)), 8, num_workers=1)
+    assert [len(b["index"]) for b in loader] == [8, 8, 4]
+    assert set(multiprocessing.active_children()) == before  # the loader is alive, its workers are not
 
 
 def test_batch_to_moves_tensors_lists_and_objects_with_to():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from contrastlab.data import DATASETS, DataError, ImageData
 from contrastlab.data import stream
@@ -343,6 +345,24 @@ def test_subset_pickle_and_labels_without_decoding(tmp_path):
     assert data.labels.tolist() == [0, 0, 1] and data.num_classes == 2  # known without the files
     with pytest.raises(DataError, match="a.png"):
         data[0]
+
+
+def shared_inputs(data: ImageFiles, samples: list) -> torch.Tensor:
+    """Whether ``data.collate`` put each input tensor of the batch in shared memory: ``(V,)`` bool."""
+    inputs = data.collate(samples)["inputs"]
+    return torch.tensor([x.is_shared() for x in (inputs if isinstance(inputs, list) else [inputs])])
+
+
+def test_collate_stacks_into_shared_memory_in_a_worker_only(tmp_path):
+    write_mixed_folder(tmp_path)
+    data = load("folder", "train", tmp_path, image_size=8, in_memory=False)
+    training = data.with_decode_crops([RandomResizedCropFlip(8), RandomResizedCropFlip(4)])
+    for dataset, keys in ((data, [0, 2]), (training, [SampleKey(0, 1), SampleKey(2, 3)])):
+        loader = DataLoader(dataset, batch_sampler=[keys], num_workers=1, collate_fn=partial(shared_inputs, dataset))
+        assert next(iter(loader)).all()
+        assert not shared_inputs(dataset, [dataset[k] for k in keys]).any()  # in this process: the heap
+    batch = data.collate([data[0], data[2]])["inputs"]
+    assert torch.equal(batch, torch.stack([data[0]["inputs"], data[2]["inputs"]]))
 
 
 def test_streaming_paths_are_one_numpy_buffer(tmp_path):

@@ -27,12 +27,13 @@ class BatchLoader:
     """Iterates the batches of ``batch_keys``, a re-iterable of key lists (one list a batch).
 
     ``batch_keys`` may change between iterations (the trainer's per-epoch sampler); with
-    ``num_workers > 0`` the worker processes persist across iterations. ``pin_memory`` pins the
-    batches for asynchronous copies to a GPU.
+    ``num_workers > 0`` the worker processes persist across iterations when ``persistent``,
+    else they are started for each iteration and shut down when it ends. ``pin_memory`` pins
+    the batches for asynchronous copies to a GPU.
     """
 
     def __init__(self, dataset: Dataset, batch_keys: Iterable[Sequence[Key]], num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, persistent: bool = True) -> None:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         self.dataset, self.batch_keys = dataset, batch_keys
@@ -43,7 +44,7 @@ class BatchLoader:
             # their randomness from their keys, never from the worker's seed.
             self.loader = DataLoader(
                 dataset, batch_sampler=batch_keys, num_workers=num_workers, collate_fn=dataset.collate,
-                pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                pin_memory=pin_memory, persistent_workers=persistent and num_workers > 0,
                 prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0),
             )
 
@@ -58,9 +59,10 @@ class BatchLoader:
 def eval_batches(dataset: Dataset, batch_size: int, index: torch.Tensor | None = None,
                  num_workers: int = 0) -> BatchLoader:
     """Batches of ``batch_size`` samples of ``dataset`` in eval mode (int keys), the samples
-    ``index``: ``(n,)`` int64 in that order (default: all of them, in order)."""
+    ``index``: ``(n,)`` int64 in that order (default: all of them, in order). The
+    ``num_workers`` worker processes live for one iteration: they are shut down when it ends."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     index = torch.arange(len(dataset)) if index is None else index
     chunks = [chunk.tolist() for chunk in index.split(batch_size)]
-    return BatchLoader(dataset, chunks, num_workers)
+    return BatchLoader(dataset, chunks, num_workers, persistent=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.dataset import Batch, SampleKey, image_kind
@@ -136,12 +137,17 @@ class ImageFiles:
 
     def collate(self, samples: list[Batch]) -> Batch:
         """Samples -> ``{"inputs": (B, C, H, W) uint8 (eval) or [(B, C, s_k, s_k) uint8 per view]
-        (training), "index": (B,) int64, "labels": (B,) int64}``."""
+        (training), "index": (B,) int64, "labels": (B,) int64}``.
+
+        In a DataLoader worker the inputs are stacked straight into shared memory (as
+        ``default_collate`` does): the batch goes to the main process without a copy, and the
+        worker's heap sees no batch-sized allocation, which glibc kept as free but resident
+        heap, about one batch (6 MiB at 512 x 3 x 64 x 64) more per batch decoded."""
         first = samples[0]["inputs"]
         if isinstance(first, list):
-            inputs = [torch.stack([s["inputs"][k] for s in samples]) for k in range(len(first))]
+            inputs = [default_collate([s["inputs"][k] for s in samples]) for k in range(len(first))]
         else:
-            inputs = torch.stack([s["inputs"] for s in samples])
+            inputs = default_collate([s["inputs"] for s in samples])
         batch: Batch = {"inputs": inputs, "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64)}
         if self.labels is not None:
             batch["labels"] = torch.tensor([s["labels"] for s in samples], dtype=torch.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -78,10 +78,30 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with frozen(backbone):
-        return torch.cat([
+        return gather_rows(len(data), (
             encode(backbone, normalize(batch["inputs"].to(device)), device, autocast_dtype)
             for batch in eval_batches(data, batch_size, num_workers=num_workers)
-        ])
+        ))
+
+
+def gather_rows(n: int, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(chunks)`` of ``(B_i, D)`` chunks, ``sum B_i == n``, written as they come
+    into one ``(n, D)`` tensor allocated at the first chunk -> ``(n, D)``.
+
+    No chunk outlives its batch. With every batch's features kept until one ``torch.cat``,
+    the trainer's glibc heap grew by about 9 MiB per batch of 512 (in steps of 24 MiB, one
+    batch's float input at 3 x 64 x 64), free but resident: 350 MiB over 20,000 images, which
+    the next forked DataLoader worker then inherited.
+    """
+    out, filled = None, 0
+    for chunk in chunks:
+        if out is None:
+            out = chunk.new_empty((n, *chunk.shape[1:]))
+        out[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled != n:
+        raise ValueError(f"expected {n} rows, got {filled}")
+    return out
 
 
 def check_features(
