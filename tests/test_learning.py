@@ -12,6 +12,18 @@ from contrastlab.recipes import load_config
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
+def train_on_digits(run_dir, recipe, epochs):
+    """Train ``recipe`` on digits for ``epochs`` and evaluate it beside its untrained backbone
+    (kNN at k = 20): ``(trained, untrained)`` result columns."""
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", [
+        "data.name=digits", f"train.epochs={epochs}", "train.progress=false", "train.device=cpu",
+        "eval.knn_k=20", "eval.plots=false", "eval.compare_random_init=true",
+    ])
+    Trainer(cfg, run_dir, init_distributed("cpu")).fit()
+    results = evaluate_run(run_dir, cfg, echo=False)
+    return results["trained"], results["random_init"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [
     "simclr-gray-small-convnet",  # seed 0: +4.7 kNN, +4.7 linear (benchmarks/results/recipes_digits.md)
@@ -22,13 +34,7 @@ def test_recipe_beats_the_untrained_backbone_on_digits(tmp_path, recipe):
     """A small-grayscale recipe, unchanged but for the dataset and a short budget (60 epochs,
     300 steps), on scikit-learn's digits (1437 train / 360 test; kNN at k = 20, as the classes
     have ~144 images). The margins asked are smaller than those measured."""
-    cfg = load_config(CONFIGS / f"{recipe}.yaml", [
-        "data.name=digits", "train.epochs=60", "train.progress=false", "train.device=cpu",
-        "eval.knn_k=20", "eval.plots=false", "eval.compare_random_init=true",
-    ])
-    Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
-    results = evaluate_run(tmp_path, cfg, echo=False)
-    trained, untrained = results["trained"], results["random_init"]
+    trained, untrained = train_on_digits(tmp_path, recipe, epochs=60)
     assert trained["knn"]["accuracy"] >= untrained["knn"]["accuracy"] + 2.0
     assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
     rank = trained["diagnostics"]["effective_rank"]
@@ -44,12 +50,6 @@ def test_recipe_beats_the_untrained_backbone_on_digits_by_linear_probe(tmp_path,
     """ISD's and AUC-CL's recipes do not (yet) beat the untrained ConvNet on kNN at this budget
     (30 epochs on digits), only on the linear probe; this checks that much, and that the
     features keep their rank."""
-    cfg = load_config(CONFIGS / f"{recipe}.yaml", [
-        "data.name=digits", "train.epochs=30", "train.progress=false", "train.device=cpu",
-        "eval.knn_k=20", "eval.plots=false", "eval.compare_random_init=true",
-    ])
-    Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
-    results = evaluate_run(tmp_path, cfg, echo=False)
-    trained, untrained = results["trained"], results["random_init"]
+    trained, untrained = train_on_digits(tmp_path, recipe, epochs=30)
     assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
     assert trained["diagnostics"]["effective_rank"] >= untrained["diagnostics"]["effective_rank"] * 2 / 3
