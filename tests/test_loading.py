@@ -11,7 +11,8 @@ from contrastlab.core.distributed import DistEnv
 from contrastlab.data import DATASETS
 from contrastlab.data.base import ImageData
 from contrastlab.data.dataset import Dataset, SampleKey, batch_to, sample_seed
-from contrastlab.data.loading import BatchLoader, eval_batches
+from contrastlab.data import loading
+from contrastlab.data.loading import BatchLoader, eval_batches, release_free_heap
 from contrastlab.data.preprocess import Normalize
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import init_distributed
@@ -122,6 +123,16 @@ def test_eval_workers_are_shut_down_when_the_pass_ends():
     loader = eval_batches(PerSample(digits(20)), 8, num_workers=1)
     assert [len(b["index"]) for b in loader] == [8, 8, 4]
     assert set(multiprocessing.active_children()) == before  # the loader is alive, its workers are not
+
+
+def test_the_free_heap_is_released_before_workers_are_forked(monkeypatch):
+    assert release_free_heap() == (loading._malloc_trim() is not None)
+    alive_at_release = []
+    monkeypatch.setattr(loading, "release_free_heap", lambda: alive_at_release.append(set(multiprocessing.active_children())))
+    before = set(multiprocessing.active_children())
+    data = PerSample(digits(20))
+    assert len(list(eval_batches(data, 8, num_workers=1))) == len(list(eval_batches(data, 8))) == 3
+    assert alive_at_release == [before]  # once, for the loader with workers, before they started
 
 
 def test_batch_to_moves_tensors_lists_and_objects_with_to():

