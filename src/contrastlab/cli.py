@@ -106,15 +106,11 @@ def _eval(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from contrastlab.engine.checkpoint import backbone_state, export_backbone, load_checkpoint
 
-    from contrastlab.methods import METHODS
+    from contrastlab.methods.registry import encoder_prefix
 
     state = load_checkpoint(args.run_dir)
     cfg = state["config"]
-    encoders = METHODS.get(cfg["method"]["name"]).EVAL_ENCODERS
-    if args.encoder not in encoders:
-        raise ConfigError(f"--encoder: method '{cfg['method']['name']}' has no '{args.encoder}' encoder; "
-                          f"choose {' or '.join(encoders)}")
-    weights = backbone_state(state, encoders[args.encoder])
+    weights = backbone_state(state, encoder_prefix(cfg["method"]["name"], args.encoder, key="--encoder"))
     meta = {"backbone": cfg["backbone"]["name"], "options": cfg["backbone"]["options"],
             "input_shape": state["input_shape"], "method": cfg["method"]["name"], "encoder": args.encoder}
     out = export_backbone(weights, meta, args.out)

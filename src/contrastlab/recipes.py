@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from contrastlab.core.config import Config, ConfigError, MethodConfig, config_from_dict, read_recipe
+from contrastlab.core.config import Config, MethodConfig, config_from_dict, read_recipe
 from contrastlab.data.view_config import check_augment
 from contrastlab.methods import METHODS
+from contrastlab.methods.registry import encoder_prefix
 
 
 def method_configs() -> dict[str, type[MethodConfig]]:
@@ -25,8 +26,5 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     method's encoders)."""
     cfg = config_from_dict(read_recipe(path, overrides), method_configs())
     check_augment(cfg.augment)
-    encoders = METHODS.get(cfg.method.name).EVAL_ENCODERS
-    if cfg.eval.encoder not in encoders:
-        raise ConfigError(f"eval.encoder: method '{cfg.method.name}' has no '{cfg.eval.encoder}' encoder; "
-                          f"choose {' or '.join(encoders)}")
+    encoder_prefix(cfg.method.name, cfg.eval.encoder)
     return cfg

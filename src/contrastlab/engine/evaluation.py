@@ -17,7 +17,7 @@ from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import evaluate, format_results_table
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.robustness import format_robustness, perturbation_for, robustness_curve
-from contrastlab.methods import METHODS
+from contrastlab.methods.registry import encoder_prefix
 from contrastlab.report.plots import plot_run
 
 EMBEDDING_PLOT_POINTS = 2000
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         return column
 
     trained = make_backbone(cfg, input_shape)
-    trained.load_state_dict(backbone_state(state, METHODS.get(cfg.method.name).EVAL_ENCODERS[e.encoder]))
+    trained.load_state_dict(backbone_state(state, encoder_prefix(cfg.method.name, e.encoder)))
     columns = {"trained": evaluate_backbone(trained)}
     if e.feature_averaging is not None:
         generator = torch.Generator().manual_seed(cfg.data.seed)

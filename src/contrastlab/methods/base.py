@@ -14,6 +14,11 @@ from contrastlab.core.config import AugmentConfig, MethodConfig, OptimConfig, Vi
 from contrastlab.data.augment import preset_views
 
 
+WITH_EMA_TEACHER = {"student": "backbone.", "teacher": "teacher.module.0."}
+"""``Method.EVAL_ENCODERS`` of a method whose ``self.teacher`` is an EMA teacher of its backbone
+and heads (:class:`~contrastlab.components.momentum.EMATeacher`, backbone first)."""
+
+
 @dataclass
 class StepInput:
     """One training step's data, as the trainer prepares it.
@@ -67,7 +72,7 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     EVAL_ENCODERS: ClassVar[dict[str, str]] = {"student": "backbone."}
     """``eval.encoder`` choices -> the prefix of that backbone's weights in the method's state
-    dict; methods with an EMA teacher add ``"teacher"``."""
+    dict; methods with an EMA teacher use :data:`WITH_EMA_TEACHER`."""
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from contrastlab.components.heads import MLPHead
 from contrastlab.components.momentum import EMATeacher, cosine_momentum
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import byol_loss
-from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.base import WITH_EMA_TEACHER, Method, StepInput
 from contrastlab.methods.registry import METHODS
 
 
@@ -38,7 +38,7 @@ class BYOLConfig(MethodConfig):
 @METHODS.register("byol", "BYOL: predictor + EMA target, symmetric cosine loss (Grill et al., 2020)")
 class BYOL(Method):
     Config = BYOLConfig
-    EVAL_ENCODERS = {"student": "backbone.", "teacher": "teacher.module.0."}
+    EVAL_ENCODERS = WITH_EMA_TEACHER
 
     def __init__(self, cfg: BYOLConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)

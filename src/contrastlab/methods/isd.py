@@ -35,7 +35,7 @@ from contrastlab.components.queue import FeatureQueue
 from contrastlab.components.shuffle_bn import guarded_forward
 from contrastlab.core.config import MethodConfig
 from contrastlab.losses import similarity_distillation
-from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.base import WITH_EMA_TEACHER, Method, StepInput
 from contrastlab.methods.registry import METHODS
 
 
@@ -63,7 +63,7 @@ class ISDConfig(MethodConfig):
 @METHODS.register("isd", "ISD: an EMA teacher's similarities to a memory bank distilled into the student (Tejankar et al., 2021)")
 class ISD(Method):
     Config = ISDConfig
-    EVAL_ENCODERS = {"student": "backbone.", "teacher": "teacher.module.0."}
+    EVAL_ENCODERS = WITH_EMA_TEACHER
 
     def __init__(self, cfg: ISDConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)

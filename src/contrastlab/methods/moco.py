@@ -13,7 +13,7 @@ from contrastlab.components.queue import FeatureQueue
 from contrastlab.components.shuffle_bn import guarded_forward
 from contrastlab.core.config import ConfigError
 from contrastlab.losses import contrastive_loss, queue_pairs
-from contrastlab.methods.base import Method, StepInput
+from contrastlab.methods.base import WITH_EMA_TEACHER, Method, StepInput
 from contrastlab.methods.registry import METHODS
 from contrastlab.methods.simclr import ContrastiveConfig
 
@@ -51,7 +51,7 @@ class MoCoConfig(ContrastiveConfig):
 @METHODS.register("moco", "MoCo v2: momentum key encoder and a queue of negatives (Chen et al., 2020)")
 class MoCo(Method):
     Config = MoCoConfig
-    EVAL_ENCODERS = {"student": "backbone.", "teacher": "teacher.module.0."}
+    EVAL_ENCODERS = WITH_EMA_TEACHER
 
     def __init__(self, cfg: MoCoConfig, backbone: nn.Module) -> None:
         super().__init__(cfg, backbone)

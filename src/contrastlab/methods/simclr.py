@@ -103,13 +103,12 @@ class ContrastiveConfig(MethodConfig):
         """MMCL's kernel at ``epoch`` (0-based): ``svm_sigma`` times ``svm_sigma_gamma`` for each
         milestone reached."""
         drops = sum(epoch >= m for m in self.svm_sigma_milestones)
-        return KernelSpec(self.svm_kernel, self.svm_sigma * self.svm_sigma_gamma**drops, self.svm_degree,
-                          self.svm_offset)
+        return KernelSpec(kind=self.svm_kernel, sigma=self.svm_sigma * self.svm_sigma_gamma**drops,
+                          degree=self.svm_degree, offset=self.svm_offset)
 
     def solver_spec(self) -> SolverSpec:
         """MMCL's QP solver."""
-        return SolverSpec(self.svm_solver, self.svm_c, self.svm_ridge, self.svm_step, self.svm_eta,
-                          self.svm_momentum, self.svm_max_iter, self.svm_tol, self.svm_stop, self.svm_dtype)
+        return SolverSpec(**{f.name: getattr(self, f"svm_{f.name}") for f in dataclasses.fields(SolverSpec)})
 
 
 @dataclass
