@@ -307,7 +307,9 @@ def test_cpu_chunking_gives_the_same_view_and_gradients(monkeypatch):
     monkeypatch.setattr(aug, "CPU_CHUNK_VALUES", 1000)  # 432 values per image: chunks of 2, 2, 2, 1
     chunked = view.apply(batch, params)
     torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(torch.autograd.grad(chunked.sum(), params["jitter"]["hue"])[0], grad)
+    # float32 sums over a different grouping: a hue gradient near 0 can differ by ~5e-5 absolute
+    torch.testing.assert_close(torch.autograd.grad(chunked.sum(), params["jitter"]["hue"])[0], grad,
+                               atol=2e-4, rtol=1e-4)
 
 
 def test_crop_only_identity_params_give_normalised_input():
