@@ -17,9 +17,11 @@ IMAGE_KINDS = ("gray-small", "colour-small", "gray-large", "colour-large")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_recipe_loads_and_is_named_method_data_backbone(path):
     """``<method>-<dataset>-<backbone>``, or ``<method>-<data kind>-<backbone>`` for a recipe
-    meant for every dataset of a kind, whose views then follow the data (preset ``auto``)."""
+    meant for every dataset of a kind, whose views then follow the data (preset ``auto``); a TU
+    graph dataset is named by its folder."""
     cfg = load_config(path)
-    data = next((kind for kind in IMAGE_KINDS if path.stem.startswith(f"{cfg.method.name}-{kind}-")), cfg.data.name)
+    dataset = Path(cfg.data.root).name.lower() if cfg.data.name == "tu" else cfg.data.name
+    data = next((kind for kind in IMAGE_KINDS if path.stem.startswith(f"{cfg.method.name}-{kind}-")), dataset)
     assert path.stem.startswith(f"{cfg.method.name}-{data}-{cfg.backbone.name}")
     if data in IMAGE_KINDS and cfg.augment.views is None:
         assert cfg.augment.preset == "auto"

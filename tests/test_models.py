@@ -31,8 +31,9 @@ def images(channels: int = 3, size: int = 16, batch: int = 4, seed: int = 1) -> 
 
 
 def test_tiny_table_covers_the_registry():
-    # alexnet_half needs >= 63 px and lab_split 3 channels: tested in test_metaug_lab.py
-    assert sorted([*TINY, "alexnet_half", "lab_split"]) == BACKBONES.names()
+    # alexnet_half needs >= 63 px and lab_split 3 channels: tested in test_metaug_lab.py; gin
+    # encodes graphs: tested in test_graphs.py
+    assert sorted([*TINY, "alexnet_half", "gin", "lab_split"]) == BACKBONES.names()
     assert all(summary for _, summary in BACKBONES.summaries())
 
 
@@ -197,8 +198,10 @@ def test_bad_option_values(name, options, field):
 
 
 def test_bad_input_shape():
-    with pytest.raises(ValueError, match=r"input_shape.*\(3, 32\)"):
+    with pytest.raises(ValueError, match=r"'convnet' encodes images: \(C, H, W\).*input shape \(3, 32\)"):
         build_backbone("convnet", (3, 32))
+    with pytest.raises(ValueError, match=r"'gin' encodes graphs: \(F,\).*input shape \(3, 8, 8\)"):
+        build_backbone("gin", (3, 8, 8))
 
 
 def test_option_lists_from_yaml_are_accepted():

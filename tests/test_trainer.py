@@ -1,6 +1,7 @@
 """The training loop: resume equality, divergence handling, unlabelled data, learning."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,9 @@ METHOD_OVERRIDES = {
                    "backbone.options={encoder: convnet, encoder_options: {channels: [8, 16]}}",
                    "method.gen_hidden_dim=32", "method.num_negatives=32"],
     "auccl": ["method.name=auccl"],
+    "graphcl": ["method.name=graphcl", "data.name=tu", f"data.root={Path(__file__).parents[2] / 'shared/data/tu/MUTAG'}",
+                "data.train_split=all", "data.test_split=all", "augment.preset=graph", "backbone.name=gin",
+                "backbone.options={hidden: 16, layers: 2}", "train.batch_size=47"],  # 188 graphs: 4 steps
 }
 
 

@@ -90,6 +90,7 @@ class DataConfig:
     image_size: int | None = None  # image files: side of the eval input (shorter side, centre crop); None = as stored
     in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
     num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
+    node_features: Literal["auto", "labels", "attributes", "both", "degree", "constant"] | None = None  # graphs (tu)
 
     RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "image_size": ">= 1",
                                         "num_workers": ">= 0"}
@@ -214,6 +215,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     progress: bool = True
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
+    drop_last: bool = True  # false: also train on each epoch's last, smaller batch (when it has >= 2 samples)
 
 
 @dataclass
@@ -231,16 +233,24 @@ class EvalConfig:
     feature_averaging: int | None = None  # M: also evaluate features averaged over M training views
     robustness: tuple[float, ...] | None = None  # test-time nuisance strengths (probes on clean train)
     encoder: str = "student"  # which trained backbone: student, or teacher (methods with an EMA teacher)
+    # auto: svm_cv for graph data, else probes (kNN / linear / ridge on the train and test splits);
+    # svm_cv: RBF SVM, C by an inner grid search, outer stratified k-fold CV over probe_split
+    protocol: Literal["auto", "probes", "svm_cv"] = "auto"
+    svm_folds: int = 10
+    svm_inner_folds: int = 5
+    svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
     RANGES: ClassVar[dict[str, str]] = {
         "knn_k": ">= 1", "knn_temperature": "> 0", "weight_decays": ">= 0", "ridge_alphas": "> 0",
         "val_fraction": "in (0, 1)", "max_train": ">= 1", "batch_size": ">= 1", "feature_averaging": ">= 1",
-        "robustness": ">= 0",
+        "robustness": ">= 0", "svm_folds": ">= 2", "svm_inner_folds": ">= 2", "svm_cs": "> 0",
     }
 
     def validate(self, prefix: str) -> None:
         if self.robustness is not None and len(self.robustness) == 0:
             raise ConfigError(f"{prefix}.robustness must list at least one strength, or be null (off)")
+        if not self.svm_cs:
+            raise ConfigError(f"{prefix}.svm_cs must list at least one C value")
 
 
 @dataclass

@@ -10,6 +10,6 @@ from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.registry import DATASETS
 
 # Importing the loader modules registers them.
-from contrastlab.data import cifar, digits, filelist, folder, mnist, npz, spirograph, stl10  # noqa: F401
+from contrastlab.data import cifar, digits, filelist, folder, graph_augment, mnist, npz, spirograph, stl10, tu  # noqa: F401
 
 __all__ = ["DATASETS", "DataError", "ImageData"]

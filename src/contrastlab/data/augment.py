@@ -487,12 +487,19 @@ VIEW_KINDS: dict[str, ViewFactory] = {"transforms": transforms_view}
 datasets register their own (:func:`register_view_kind`)."""
 
 
-def register_view_kind(name: str, factory: ViewFactory) -> None:
+VIEW_TRANSFORMS: dict[str, dict[str, type]] = {"transforms": TRANSFORMS}
+"""View kind -> the table of the transforms its views list (a kind without one takes none)."""
+
+
+def register_view_kind(name: str, factory: ViewFactory, transforms: dict[str, type] | None = None) -> None:
     """Make ``augment.views[i].kind: name`` build its views with ``factory`` (e.g. Spirograph's
-    re-rendering with fresh nuisance); such kinds take no transforms."""
+    re-rendering with fresh nuisance, which takes no transforms; graphs' augmentations, whose
+    table ``transforms`` maps each name to its class)."""
     if name in VIEW_KINDS:
         raise ValueError(f"view kind '{name}' is registered twice")
     VIEW_KINDS[name] = factory
+    if transforms is not None:
+        VIEW_TRANSFORMS[name] = transforms
 
 
 def build_pipelines(
@@ -503,10 +510,10 @@ def build_pipelines(
     Args:
         views: ``{"count": int, "size": int | None, "kind": str, "transforms": [{"name", ...}]}``
             each (the ``augment.views`` schema, values already validated).
-        image_shape: ``(C, H, W)`` of the input images.
-        normalize: the final standardisation, one mean per channel.
+        image_shape: ``(C, H, W)`` of the input images (``(F,)``: node features of graphs).
+        normalize: the final standardisation, one mean per channel (images).
     """
-    if len(normalize.mean) != image_shape[0]:
+    if len(image_shape) == 3 and len(normalize.mean) != image_shape[0]:
         raise ValueError(f"normalisation has {len(normalize.mean)} channels but images have {image_shape[0]}")
     pipelines = []
     for i, view in enumerate(views):
@@ -528,8 +535,9 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL's factors exactly, at strength 1
 @dataclass(frozen=True)
 class ViewPreset:
     """One row of :data:`PRESETS`: the defaults of the ``augment`` preset fields. The per-view
-    pairs are (view 1, view 2). A preset of another ``kind`` than ``transforms`` is two views of
-    that kind (the other fields are unused)."""
+    pairs are (view 1, view 2). A preset of another ``kind`` than ``transforms`` is its
+    ``views`` (in the ``augment.views`` schema), or when it lists none two views of that kind
+    without transforms (the other fields are unused)."""
 
     summary: str
     jitter: bool = True  # colour jitter (brightness and contrast only on one channel)
@@ -542,6 +550,7 @@ class ViewPreset:
     blur_prob: tuple[float, float] = (0.0, 0.0)
     solarize_prob: tuple[float, float] = (0.0, 0.0)
     kind: str = "transforms"
+    views: tuple[dict[str, Any], ...] = ()
 
 
 AUTO_PRESET = "auto"
@@ -624,7 +633,7 @@ def preset_views(
         raise ValueError(f"unknown augmentation preset '{preset}'; valid: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     if spec.kind != "transforms":
-        return [{"count": 2, "size": size, "kind": spec.kind, "transforms": []}]
+        return [dict(view) for view in spec.views] or [{"count": 2, "size": size, "kind": spec.kind, "transforms": []}]
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value

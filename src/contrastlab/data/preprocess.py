@@ -28,7 +28,10 @@ class Normalize:
         self.std = list(std)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, C, H, W)``, uint8 or float in [0, 1]. Returns float32 (or x's float dtype)."""
+        """``x``: ``(B, C, H, W)``, uint8 or float in [0, 1]. Returns float32 (or x's float dtype).
+        An empty normalisation (``mean == []``, data that are not images) returns ``x`` as it is."""
+        if not self.mean:
+            return x
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if x.shape[1] != len(self.mean):

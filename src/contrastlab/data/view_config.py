@@ -15,7 +15,7 @@ from typing import Any
 
 from contrastlab.core.config import AugmentConfig, ConfigError, ViewConfig, convert_value
 from contrastlab.core.registry import suggest
-from contrastlab.data.augment import AUTO_PRESET, PRESETS, TRANSFORMS, VIEW_KINDS, TransformArgumentError
+from contrastlab.data.augment import AUTO_PRESET, PRESETS, TRANSFORMS, VIEW_KINDS, VIEW_TRANSFORMS, TransformArgumentError
 
 
 def check_augment(augment: AugmentConfig) -> None:
@@ -45,9 +45,10 @@ def check_views(views: typing.Sequence[ViewConfig], dotted: str) -> tuple[ViewCo
         if view.kind not in VIEW_KINDS:
             raise ConfigError(f"{key}.kind: unknown view kind {view.kind!r}"
                               f"{suggest(str(view.kind), list(VIEW_KINDS))}; available: {', '.join(VIEW_KINDS)}")
-        if view.kind != "transforms" and view.transforms:
+        table = VIEW_TRANSFORMS.get(view.kind)
+        if table is None and view.transforms:
             raise ConfigError(f"{key}.transforms: views of kind '{view.kind}' take no transforms")
-        transforms = tuple(_check_transform(t, f"{key}.transforms[{j}]", TRANSFORMS)
+        transforms = tuple(_check_transform(t, f"{key}.transforms[{j}]", table)
                            for j, t in enumerate(view.transforms))
         names = [t["name"] for t in transforms]
         for j, name in enumerate(names):

@@ -10,11 +10,12 @@ import torch
 
 from contrastlab.core.config import Config, ConfigError
 from contrastlab.data.dataset import Dataset
+from contrastlab.data.graphs import GRAPH_KIND
 from contrastlab.data.perturbation import check_strengths
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
 from contrastlab.eval.averaging import averaged_features
-from contrastlab.eval.evaluate import evaluate, format_results_table
+from contrastlab.eval.evaluate import cross_validate, evaluate, format_results_table
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.robustness import format_robustness, perturbation_for, robustness_curve
 from contrastlab.methods.registry import encoder_prefix
@@ -51,6 +52,10 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         except ValueError as err:
             raise ConfigError(f"eval.robustness: {err}") from None
 
+    protocol = e.protocol if e.protocol != "auto" else "svm_cv" if data.train.kind == GRAPH_KIND else "probes"
+    if protocol == "svm_cv" and (e.robustness is not None or e.feature_averaging is not None):
+        raise ConfigError("eval.robustness and eval.feature_averaging need eval.protocol=probes (a train/test split), "
+                          "not svm_cv; set them to null")
     probes = dict(knn_k=e.knn_k, knn_temperature=e.knn_temperature, weight_decays=e.weight_decays,
                   ridge_alphas=e.ridge_alphas, val_fraction=e.val_fraction)
     common = dict(max_train=e.max_train, batch_size=e.batch_size, device=device, autocast_dtype=amp,
@@ -59,6 +64,10 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
 
     def evaluate_backbone(backbone: torch.nn.Module) -> dict[str, Any]:
         backbone.to(device)
+        if protocol == "svm_cv":
+            return cross_validate(backbone, data.probe_train, data.normalize, cs=e.svm_cs, folds=e.svm_folds,
+                                  inner_folds=e.svm_inner_folds, batch_size=e.batch_size, device=device,
+                                  autocast_dtype=amp, seed=cfg.data.seed, num_workers=workers)
         column = evaluate(backbone, data.probe_train, data.test, data.normalize, views=views[:2],
                           generator=torch.Generator().manual_seed(cfg.data.seed), num_workers=workers,
                           **probes, **common)

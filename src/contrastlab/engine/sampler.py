@@ -20,8 +20,8 @@ class EpochBatches:
     """This rank's batches of :class:`SampleKey` for the epoch set by :meth:`set_epoch`.
 
     The order is a permutation of the ``size`` samples seeded by (``seed``, epoch), sharded over
-    the ranks (:func:`shard_indices`); ``steps`` full batches of ``batch_size`` keys are yielded
-    (the rest of the epoch is dropped). Each key's seed depends on (``seed``, epoch, index) only.
+    the ranks (:func:`shard_indices`); ``steps`` batches of ``batch_size`` keys are yielded (the
+    last one smaller when ``steps`` reaches into the epoch's remainder; the rest is dropped). Each key's seed depends on (``seed``, epoch, index) only.
     Usable as a DataLoader ``batch_sampler`` whose content changes from epoch to epoch.
     """
 

@@ -37,8 +37,8 @@ class RunData:
 
 
 # DataConfig fields passed to the loaders that take them (only when set): e.g. the folder
-# loader's decode size and its in-memory switch.
-LOADER_OPTIONS = ("image_size", "in_memory")
+# loader's decode size and its in-memory switch, the TU loader's node features.
+LOADER_OPTIONS = ("image_size", "in_memory", "node_features")
 
 
 def load_split(d: DataConfig, split: str, size: int | None) -> Dataset:
@@ -79,13 +79,16 @@ NORMALIZE_SAMPLE = 1024
 def make_normalize(color_space: str, train: Dataset) -> Normalize:
     """``rgb``: per-channel standardisation fitted on ``train`` (on all of an in-memory split, on
     ``NORMALIZE_SAMPLE`` evenly spaced eval-mode images of a streamed one); ``lab``: sRGB -> CIE
-    Lab with MetAug's fixed Lab statistics (RGB images only)."""
+    Lab with MetAug's fixed Lab statistics (RGB images only). Data that are not images (graphs,
+    whose ``shape`` is ``(F,)``) get an empty normalisation, which their views never apply."""
     if color_space == "lab":
         channels = train.shape[0]
         if channels != 3:
             raise ConfigError(f"data.color_space='lab' needs RGB (3-channel) images but '{train.name}' images have "
                               f"{channels} channel(s); use data.color_space=rgb")
         return LabNormalize()
+    if len(train.shape) != 3:  # not images (graphs): the views standardise nothing
+        return Normalize([], [])
     images = getattr(train, "images", None)
     if images is None:
         index = torch.linspace(0, len(train) - 1, min(len(train), NORMALIZE_SAMPLE)).long().unique()
@@ -146,7 +149,7 @@ def make_views(cfg: Config, data: RunData) -> list:
         accepted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
         raise ConfigError(f"augment.views: method '{cfg.method.name}' takes {accepted} views, got {count} "
                           f"(counts {[view.count for view in views]})")
-    sizes = [view.size or max(data.train.shape[1:]) for view in views for _ in range(view.count)]
+    sizes = [view.size or max(data.train.shape[1:], default=0) for view in views for _ in range(view.count)]
     if not method.mixed_view_sizes and len(set(sizes)) > 1:
         raise ConfigError(f"augment.views: method '{cfg.method.name}' takes views of one size, got sizes {sizes} "
                           "(views of several sizes: a method with multi-crop, such as simclr)")
@@ -161,22 +164,26 @@ def training_views(train: Dataset, views: list) -> tuple[Dataset, list]:
     """The training split and view pipelines as the trainer uses them: a dataset that can crop
     at decode time (``with_decode_crops``: a streamed image folder) takes every view's random
     resized crop from the full-resolution image in its loader workers, and the views apply the
-    rest of their transforms on the device; any other dataset is returned with the views as
-    they are."""
+    rest of their transforms on the device; a graph dataset (``with_view_augments``) makes every
+    view in its loader workers, each view reading its slot of the batch; any other dataset is
+    returned with the views as they are."""
+    if hasattr(train, "with_view_augments"):  # graphs: every view augmented in the workers
+        views = [view.at_slot(slot) for slot, view in enumerate(views)]
+        return train.with_view_augments([view.augment for view in views]), views
     if not hasattr(train, "with_decode_crops"):
         return train, views
     views = [view.crop_at_decode(slot) for slot, view in enumerate(views)]
     return train.with_decode_crops([view.decode_crop for view in views]), views
 
 
-def make_backbone(cfg: Config, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+def make_backbone(cfg: Config, input_shape: tuple[int, ...]) -> torch.nn.Module:
     try:
         return build_backbone(cfg.backbone.name, input_shape, **cfg.backbone.options)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"backbone: {err.args[0] if err.args else err}") from None
 
 
-def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int) -> Method:
+def make_method(cfg: Config, input_shape: tuple[int, ...], train_size: int) -> Method:
     """The method of ``cfg.method`` on a new backbone, given a builder of further encoders
     (:meth:`Method.build_encoders`); its training-set-sized fields are resolved first
     (:func:`fit_train_sized_fields`, recorded in ``cfg``)."""
@@ -186,9 +193,11 @@ def make_method(cfg: Config, input_shape: tuple[int, int, int], train_size: int)
     return method
 
 
-def view_shape(data: RunData, views: list) -> tuple[int, int, int]:
+def view_shape(data: RunData, views: list) -> tuple[int, ...]:
     """``(C, H, W)`` of the first training view (the backbone is built for it): its crop's size
-    when it starts with a crop, else the image size."""
+    when it starts with a crop, else the image size; ``(F,)`` for graphs."""
+    if len(data.train.shape) != 3:  # graphs: (F,) node features
+        return tuple(data.train.shape)
     channels, height, width = data.train.shape
     first = views[0].transforms[0] if getattr(views[0], "transforms", None) else None
     size = getattr(first, "size", None) if isinstance(first, RandomResizedCropFlip) else None

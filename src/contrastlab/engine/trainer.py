@@ -77,7 +77,8 @@ class Trainer:
             self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=1e-3)
 
         per_rank = len(self.data.train) // env.world_size
-        self.steps_per_epoch = per_rank // cfg.train.batch_size
+        full_batches, rest = divmod(per_rank, cfg.train.batch_size)
+        self.steps_per_epoch = full_batches + (0 if cfg.train.drop_last or rest < 2 else 1)
         if cfg.train.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
@@ -184,7 +185,8 @@ class Trainer:
         params = [view.sample(batch, generator) for view in self.views]
         views = [view.apply(batch, p) for view, p in zip(self.views, params)]
         if self.cfg.train.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = [v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+                     for v in views]
         step = StepInput(views, params, self.views, batch, generator, self.step / self.total_steps,
                          self.step // self.steps_per_epoch)
         with self._autocast():

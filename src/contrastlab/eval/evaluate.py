@@ -15,6 +15,7 @@ from contrastlab.eval.features import encode, extract_features, frozen
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.eval.linear import WEIGHT_DECAYS, linear_probe
 from contrastlab.eval.regression import RIDGE_ALPHAS, ridge_regression
+from contrastlab.eval.svm import SVM_CS, svm_cv_accuracy
 
 # Features of a split: Dataset -> (N, D) float.
 Featurize = Callable[[Dataset], torch.Tensor]
@@ -167,6 +168,38 @@ def evaluate(
         )
     results["diagnostics"] = diagnostics
     return results
+
+
+def cross_validate(
+    backbone: nn.Module,
+    data: Dataset,
+    normalize: Normalize,
+    *,
+    cs: Sequence[float] = SVM_CS,
+    folds: int = 10,
+    inner_folds: int = 5,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> dict:
+    """Evaluate the frozen ``backbone`` as the graph literature does: features of every sample
+    of ``data`` (un-augmented), scored by :func:`~contrastlab.eval.svm.svm_cv_accuracy`.
+
+    Returns ``num_samples``, ``feature_dim``, ``svm`` (accuracy %, its std over the folds, the
+    per-fold accuracies and chosen C) and ``diagnostics`` (effective rank, spectrum,
+    uniformity) of the features.
+    """
+    if data.labels is None:
+        raise ValueError(f"{data.name}: SVM cross-validation needs labels")
+    feats = extract_features(backbone, data, normalize, batch_size, device, autocast_dtype, num_workers)
+    return {
+        "num_samples": len(data), "feature_dim": feats.shape[1],
+        "svm": svm_cv_accuracy(feats, data.labels, cs, folds, inner_folds, seed),
+        "diagnostics": {"effective_rank": effective_rank(feats), "singular_values": singular_values(feats).tolist(),
+                        "uniformity": uniformity(feats)},
+    }
 
 
 def format_results_table(columns: dict[str, dict]) -> str:

@@ -151,6 +151,29 @@ def batch_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch
     return sims[rows, positive_index], sims[keep].view(2 * b, 2 * n - 2)
 
 
+def cross_view_pairs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One direction, the other view's embeddings only (GraphCL's TU code): ``pos: (B,)``
+    ``cos(u_a, v_a)``, ``neg: (B, N - 1)`` ``cos(u_a, v_j)`` over every other sample ``j`` of the
+    global batch (``v`` gathered with gradients from all ranks, ``N = world * B``).
+
+    Args:
+        u: ``(B, D)`` anchors (the original graphs' projections), v: ``(B, D)`` candidates (the
+            augmented views'); L2-normalised here.
+    """
+    if u.shape != v.shape or u.dim() != 2 or u.shape[0] < 1:
+        raise ValueError(f"u and v must both be (B, D), got {tuple(u.shape)} and {tuple(v.shape)}")
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u, v = F.normalize(u.to(dtype), dim=1), F.normalize(v.to(dtype), dim=1)
+    rank, _ = rank_and_world()
+    b = u.shape[0]
+    every = gather_with_grad(v)
+    sims = u @ every.T  # (B, N)
+    rows = torch.arange(b, device=u.device)
+    keep = torch.ones_like(sims, dtype=torch.bool)
+    keep[rows, rows + rank * b] = False
+    return sims[rows, rows + rank * b], sims[keep].view(b, every.shape[0] - 1)
+
+
 def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's pairs: ``pos: (B,)`` query-key similarities, ``neg: (B, K)`` query-queue ones.
 

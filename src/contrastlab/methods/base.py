@@ -24,7 +24,8 @@ class StepInput:
     """One training step's data, as the trainer prepares it.
 
     Attributes:
-        views: one ``(B, C, H, W)`` float tensor per view, normalised, on the device.
+        views: one ``(B, C, H, W)`` float tensor per view, normalised, on the device (graphs:
+            one :class:`~contrastlab.data.graphs.GraphBatch` per view).
         params: the per-sample augmentation parameters each view was made with.
         pipelines: the view pipelines (``apply(batch, params)`` re-renders a view, e.g. with
             parameters that require grad).
@@ -119,13 +120,13 @@ class Method(nn.Module):
         features ``h_k: (B, D)`` and the projections ``z_k: (B, P)``. With two views of one
         shape this is one backbone pass on ``cat([x_1, x_2])``, as before multi-crop.
         """
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for k, x in enumerate(step.views):
-            groups.setdefault(tuple(x.shape), []).append(k)
+            groups.setdefault(tuple(x.shape) if torch.is_tensor(x) else ("view", k), []).append(k)
         features: list[torch.Tensor] = [None] * len(step.views)  # type: ignore[list-item]
         projections: list[torch.Tensor] = [None] * len(step.views)  # type: ignore[list-item]
         for members in groups.values():
-            h = self.backbone(torch.cat([step.views[k] for k in members]))
+            h = self.backbone(torch.cat([step.views[k] for k in members]) if len(members) > 1 else step.views[members[0]])
             z = self.projector(h)
             for k, h_k, z_k in zip(members, h.chunk(len(members)), z.chunk(len(members))):
                 features[k], projections[k] = h_k, z_k

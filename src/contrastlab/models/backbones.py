@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.models.registry import BACKBONES
+from contrastlab.models.registry import BACKBONES, GRAPH_BACKBONES
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int], **options) -> nn.Module:
-    """The backbone registered as ``name`` for inputs of shape ``(C, H, W)``.
+    """The backbone registered as ``name`` for inputs of shape ``(C, H, W)`` (images) or
+    ``(F,)`` (graphs' node features, :data:`~contrastlab.models.registry.GRAPH_BACKBONES`).
 
     Raises ``ValueError`` for an unknown name or an option the builder does not take.
     """
@@ -37,15 +38,16 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], **options) -> n
             f"backbone '{name}' has no option {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid) or '(none)'}"
         )
-    return builder(_check_input_shape(input_shape), **options)
+    return builder(_check_input_shape(name, input_shape), **options)
 
 
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(
-            f"backbone input_shape must be (C, H, W) positive ints, got {input_shape!r}"
-        )
+    graph = name in GRAPH_BACKBONES
+    if len(shape) != (1 if graph else 3) or not all(isinstance(s, int) and s > 0 for s in shape):
+        expected = "graphs: (F,) node features" if graph else "images: (C, H, W)"
+        hint = " (graph data needs a graph backbone such as 'gin')" if len(shape) == 1 and not graph else ""
+        raise ValueError(f"backbone '{name}' encodes {expected} positive ints, got input shape {input_shape!r}{hint}")
     return shape
 
 
