@@ -9,7 +9,8 @@ seed-major (seed 0: every arm, then seed 1, ...), so a stopped study still cover
 ``--untrained`` adds a row ``untrained``: the first arm's run also evaluates its backbone at
 initialisation (``eval.compare_random_init=true``), the baseline every arm should beat.
 
-Per run: kNN and linear top-1 (classification) or mean ridge R² and MSE (regression, with the
+Per run: kNN and linear top-1 (classification), the SVM cross-validation accuracy (graphs,
+``eval.protocol=svm_cv``) or mean ridge R² and MSE (regression, with the
 R² per target in the JSON), whichever results.json holds; the effective rank of the features; the median training images/s of
 metrics.jsonl (the first, warm-up window dropped when there are more); the child's wall time
 (data, training, evaluation) and peak RSS. The table has one row per arm and one table per
@@ -54,6 +55,7 @@ RECORD = "seed_study.json"  # written into a run folder once the run has finishe
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")  # a folder name, not hidden
 # (key, column title, format, compared with the first arm)
 METRICS = [("knn", "kNN top-1 %", ".2f", True), ("linear", "linear top-1 %", ".2f", True),
+           ("svm", "SVM 10-fold %", ".2f", True),
            ("r2_mean", "R² (mean)", ".3f", True), ("mse_mean", "MSE (mean)", ".4f", False),
            ("rank", "rank (effective)", ".1f", True)]
 UNTRAINED = "untrained"  # the row of --untrained: the first arm's backbone at initialisation
@@ -106,12 +108,14 @@ def scores(trained: dict, where: Path) -> dict:
     out = {}
     if "knn" in trained:
         out["knn"], out["linear"] = trained["knn"]["accuracy"], trained["linear"]["accuracy"]
+    if "svm" in trained:  # eval.protocol=svm_cv (graphs)
+        out["svm"] = trained["svm"]["accuracy"]
     if "regression" in trained:
         regression = trained["regression"]
         out.update(r2_mean=regression["r2_mean"], mse_mean=regression["mse_mean"],
                    r2=regression["r2"], mse=regression["mse"])
     if not out:
-        raise SystemExit(f"{where}: the results hold neither knn/linear nor regression")
+        raise SystemExit(f"{where}: the results hold neither knn/linear, svm nor regression")
     if "diagnostics" in trained:
         out["rank"] = trained["diagnostics"]["effective_rank"]
     return out
