@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,47 @@ def test_cifar_not_a_pickle(tmp_path):
     write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x00garbage")
     assert_data_error("test_batch", "cifar10", "test", tmp_path)
+
+
+class RunsCode:
+    """Unpickling this calls ``os.system``: what a crafted data file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "top"])
+def test_cifar_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path, where):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    content = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    if where == "top":
+        content = RunsCode(marker)
+    else:
+        content[where.encode()] = RunsCode(marker)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", content)
+    with pytest.raises(DataError, match=r"test_batch: refused to load: the pickle asks for posix\.system"):
+        load("cifar10", "test", tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    """Python 2's protocol-2 batches (bytes keys and strings) and every later protocol."""
+    write_cifar10(tmp_path)
+    rows = np.random.default_rng(protocol).integers(0, 256, (3, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"data": rows, b"labels": [np.int64(2), 0, 9],
+             b"filenames": [b"a.png", b"b.png", b"c.png"]}
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    data = load("cifar10", "test", tmp_path)
+    assert torch.equal(data.images, torch.from_numpy(cifar_reference(rows)))
+    assert data.labels.tolist() == [2, 0, 9]
 
 
 def test_cifar_missing_meta(tmp_path):

@@ -1,12 +1,12 @@
 """CIFAR-10 and CIFAR-100 from the "python version" pickle batches.
 
-Security: pickle files can run arbitrary code when loaded. That is the format these datasets are
-distributed in, so only load CIFAR folders from a trusted source.
+The batches are pickles, which can run code when loaded: they are read with a restricted
+unpickler (:mod:`contrastlab.data.safe_pickle`) that builds only dicts, lists, bytes, numbers and
+numpy arrays, and refuses a file that asks for anything else.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.files import check_split, find_subfolder, require_file, require_root, take_subset
 from contrastlab.data.registry import DATASETS
+from contrastlab.data.safe_pickle import load_pickle
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -52,17 +53,12 @@ CIFAR100 = CifarLayout(
 
 def unpickle(path: Path, keys: tuple[bytes, ...]) -> dict:
     """The dict stored in pickle file ``path``, which must contain ``keys`` (bytes keys)."""
-    require_file(path)
-    try:
-        with open(path, "rb") as f:
-            content = pickle.load(f, encoding="bytes")
-    except Exception as err:  # a damaged pickle can fail with almost any exception type
-        raise DataError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err})") from err
+    content = load_pickle(require_file(path), "CIFAR batch", numpy=True)
     if not isinstance(content, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(content).__name__}")
     missing = [k.decode() for k in keys if k not in content]
     if missing:
-        found = ", ".join(k.decode() if isinstance(k, bytes) else str(k) for k in content)
+        found = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in content)
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; found: {found}")
     return content
 
@@ -89,7 +85,12 @@ def read_batch(path: Path, labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:
 def read_class_names(path: Path, names_key: bytes) -> tuple[str, ...]:
     """Class names from the meta pickle ``path``."""
     names = unpickle(path, (names_key,))[names_key]
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"{path}: '{names_key.decode()}' must be a list of class names, got {type(names).__name__}")
+    try:
+        return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: a class name in '{names_key.decode()}' is not UTF-8 text ({err})") from None
 
 
 def load_cifar(layout: CifarLayout, split: str, root: str | None, size: int | None, seed: int) -> ImageData:
