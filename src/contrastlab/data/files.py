@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
@@ -48,14 +48,19 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def open_maybe_gzip(path: Path) -> IO[bytes]:
-    """Open ``path`` for binary reading, or ``path`` + ``.gz`` (decompressed) if only that exists."""
+def read_maybe_gzip(path: Path) -> bytes:
+    """The bytes of ``path``, or of ``path`` + ``.gz`` decompressed if only that exists; a
+    truncated or damaged ``.gz`` is a ``DataError`` naming it."""
     if path.is_file():
-        return open(path, "rb")
+        return path.read_bytes()
     packed = path.with_name(path.name + ".gz")
-    if packed.is_file():
-        return gzip.open(packed, "rb")
-    raise DataError(f"missing file {path} (or {packed.name})")
+    if not packed.is_file():
+        raise DataError(f"missing file {path} (or {packed.name})")
+    try:
+        with gzip.open(packed, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise DataError(f"{packed}: not a readable gzip file, truncated or damaged? ({type(err).__name__}: {err})") from None
 
 
 def subset_index(n: int, size: int | None, seed: int) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from contrastlab.data.base import DataError, ImageData
-from contrastlab.data.files import check_split, open_maybe_gzip, require_root, subset_index
+from contrastlab.data.files import check_split, read_maybe_gzip, require_root, subset_index
 from contrastlab.data.registry import DATASETS
 
 IDX_UBYTE = 0x08
@@ -27,8 +27,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     Header: two zero bytes, dtype code ``0x08`` (unsigned byte), the number of dims, then
     each dim as a big-endian uint32; the data follows, exactly ``prod(dims)`` bytes.
     """
-    with open_maybe_gzip(path) as f:
-        raw = f.read()
+    raw = read_maybe_gzip(path)
     header_size = 4 + 4 * ndim
     if len(raw) < header_size or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE or raw[3] != ndim:
         raise DataError(
