@@ -11,6 +11,7 @@ methods').
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -199,8 +200,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
-        "epochs": ">= 1", "batch_size": ">= 1", "checkpoint_every": ">= 1", "log_every": ">= 1",
-        "max_steps_per_epoch": ">= 1",
+        "epochs": "in [1, 100000]", "batch_size": ">= 1", "checkpoint_every": ">= 1", "log_every": ">= 1",
+        "max_steps_per_epoch": ">= 1", "dist_timeout_s": ">= 1",
     }
 
     epochs: int = 10
@@ -216,6 +217,7 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     drop_last: bool = True  # false: also train on each epoch's last, smaller batch (when it has >= 2 samples)
+    dist_timeout_s: float = 1800.0  # torchrun: a rank waits at most this long for the others in a collective
 
 
 @dataclass
@@ -300,7 +302,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{item}' must look like section.key=value")
-    value = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); quote it or fix the "
+                          "brackets, e.g. key=[0.2, 1.0] or key='text'") from None
     *parents, last = key.strip().split(".")
     node = raw
     for part in parents:
@@ -400,11 +407,13 @@ def convert_value(value: Any, hint: Any, dotted: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{dotted}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
