@@ -62,3 +62,55 @@ def test_ddp_ranks_read_disjoint_shards_of_a_streamed_dataset(tmp_path):
     a, b = (r["state"] for r in ranks)
     for key in (k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def _rank_that_dies(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 exits abruptly at its third step; rank 0 records what it raised, and when."""
+    import datetime
+    import os
+    import time
+
+    from contrastlab.engine.distributed import init_distributed
+    from contrastlab.engine.trainer import RanksLost
+    from contrastlab.methods.simclr import SimCLR
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    env = init_distributed("cpu", timeout=datetime.timedelta(seconds=20))
+    original, calls = SimCLR.training_step, []
+
+    def step(self, batch):
+        calls.append(1)
+        if rank == 1 and len(calls) == 3:
+            os._exit(1)
+        return original(self, batch)
+
+    SimCLR.training_step = step
+    start = time.monotonic()
+    try:
+        Trainer(tiny_config("train.epochs=3"), Path(out_dir) / "run", env).fit()
+    except RanksLost as err:
+        (Path(out_dir) / "rank0.txt").write_text(f"{time.monotonic() - start:.1f}\n{err}")
+    os._exit(0)
+
+
+def test_when_a_rank_dies_the_other_stops_with_a_clear_message_in_bounded_time(tmp_path):
+    import multiprocessing
+
+    from multiproc import free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_rank_that_dies, args=(rank, port, str(tmp_path))) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        p.kill()
+    assert alive == [False, False], "a rank hung"
+    seconds, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert float(seconds) < 60
+    assert "rank 0 lost the other ranks at step 2" in message and "--resume" in message  # 2 steps per epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 from contrastlab.core.config import ConfigError
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
+from contrastlab.engine.run_folder import RunFolderError
 from contrastlab.recipes import load_config
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from contrastlab.core.distributed import broadcast_object
     from contrastlab.engine.distributed import cleanup_distributed, init_distributed
+    from contrastlab.engine.run_folder import create_unique
     from contrastlab.engine.evaluation import evaluate_run
-    from contrastlab.engine.trainer import Trainer, TrainingDiverged
+    from contrastlab.engine.trainer import RanksLost, Trainer, TrainingDiverged
 
     if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
         args.overrides.insert(0, args.config)
@@ -78,12 +82,15 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)  # no recipe: the defaults in config.py
         stem = Path(args.config).stem if args.config else "defaults"
-        run_dir = args.run_dir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    env = init_distributed(cfg.train.device)
+        run_dir = args.run_dir
+    env = init_distributed(cfg.train.device, timeout=datetime.timedelta(seconds=cfg.train.dist_timeout_s))
+    if run_dir is None:  # rank 0 creates a folder no other run has; every rank uses it
+        default = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = broadcast_object(create_unique(default) if env.rank == 0 else None)
     try:
         trainer = Trainer(cfg, run_dir, env, resume=args.resume is not None)
         trainer.fit()
-    except TrainingDiverged as err:
+    except (TrainingDiverged, RanksLost) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

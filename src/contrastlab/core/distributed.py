@@ -111,6 +111,17 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return total / world
 
 
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself without a
+    process group."""
+    _, world = rank_and_world()
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ----------------------------------------------------------------------------- sharding
 def shard_indices(permutation: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """This rank's share of an epoch's ``permutation: (N,) int64``: every ``world``-th entry

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS = ("method", "epoch", "step", "config", "input_shape")
+"""What every checkpoint of :class:`~contrastlab.engine.trainer.Trainer` holds and evaluation,
+export and resume read."""
 
 
 class CheckpointError(RuntimeError):
@@ -29,9 +34,21 @@ def atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) c
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except Exception as err:
+        free = shutil.disk_usage(path.parent).free
+        full = "the disk is full" if _is_disk_full(err) or free < 1 << 20 else "the write failed"
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"could not write {path}: {full} ({free / 2**20:.1f} MiB free on the disk of "
+                              f"{path.parent}); {kept}. ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """An ``ENOSPC`` error, or torch's serializer failing to write (its C++ writer reports a
+    full disk only as ``file write failed``)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "write failed" in str(err)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -46,9 +63,15 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; expected a run folder written by 'contrastlab train'")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(f"{path} is not a readable contrastlab checkpoint: {err}") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        found = ", ".join(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a contrastlab checkpoint: it lacks {', '.join(missing)} "
+                              f"(found: {found or 'nothing'})")
+    return state
 
 
 def backbone_state(checkpoint: dict[str, Any], prefix: str = "backbone.") -> dict[str, torch.Tensor]:

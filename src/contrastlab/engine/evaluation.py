@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from contrastlab.data.dataset import Dataset
 from contrastlab.data.graphs import GRAPH_KIND
 from contrastlab.data.perturbation import check_strengths
 from contrastlab.engine.checkpoint import backbone_state, load_checkpoint
+from contrastlab.engine.metrics import standard_json
 from contrastlab.engine.setup import autocast_dtype, load_data, make_backbone, make_views, resolve_device
 from contrastlab.eval.averaging import averaged_features
 from contrastlab.eval.evaluate import cross_validate, evaluate, format_results_table
@@ -101,7 +101,7 @@ def evaluate_run(run_dir: Path, cfg: Config, echo: bool = True) -> dict[str, Any
         "steps": int(state["step"]),
         **columns,
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.json").write_text(standard_json(results, indent=2))
     if e.plots:
         _plots(run_dir, results, trained, data, device, amp, e.batch_size)
     if echo:

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+
+def standard_json(value: Any, **kwargs: Any) -> str:
+    """``value`` as standard JSON: NaN and infinities (which ``json.dumps`` writes as the
+    non-standard tokens ``NaN``/``Infinity``) become ``null``."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 class MetricsLogger:
@@ -18,12 +35,13 @@ class MetricsLogger:
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
         self.records: list[dict[str, Any]] = []
+        self.closed = False
         if not enabled:
             return
         if resume_step is not None and self.jsonl.exists():
             lines = self.jsonl.read_text().splitlines()
             self.records = [r for r in map(json.loads, lines) if r.get("step", 0) <= resume_step]
-            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            self.jsonl.write_text("".join(standard_json(r) + "\n" for r in self.records))
         else:
             self.jsonl.write_text("")
         self.tensorboard = _tensorboard_writer(run_dir)
@@ -33,7 +51,7 @@ class MetricsLogger:
             return
         self.records.append(record)
         with self.jsonl.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(standard_json(record) + "\n")
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -53,6 +71,7 @@ class MetricsLogger:
             self.tensorboard.flush()
 
     def close(self) -> None:
+        self.closed = True
         self.flush()
         if self.enabled and self.tensorboard is not None:
             self.tensorboard.close()

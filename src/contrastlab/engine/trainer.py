@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from contrastlab.core.config import Config, OptimConfig, save_config
+from contrastlab.core.config import Config, ConfigError, OptimConfig, save_config
 from contrastlab.core.distributed import DistEnv, all_reduce_mean
 from contrastlab.core.optim import build_optimizer, learning_rate, optimizer_over, set_learning_rate
 from contrastlab.data.dataset import Batch, batch_to, num_classes
@@ -19,6 +20,7 @@ from contrastlab.data.loading import BatchLoader
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import maybe_sync_batchnorm, wrap_ddp
 from contrastlab.engine.metrics import MetricsLogger
+from contrastlab.engine.run_folder import RunFolderError, RunLock, remove_temporaries
 from contrastlab.engine.sampler import EpochBatches, epoch_generator
 from contrastlab.engine.setup import (
     autocast_dtype,
@@ -37,6 +39,16 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RanksLost(RuntimeError):
+    """A collective failed: another rank died or stopped answering (``train.dist_timeout_s``)."""
+
+
+def lost_ranks(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective's failure (gloo raises plain ``RuntimeError``s)."""
+    return isinstance(err, torch.distributed.DistError) or any(
+        marker in str(err) for marker in ("gloo", "Connection closed by peer", "timed out", "Timed out"))
+
+
 class Trainer:
     """Trains ``cfg.method`` on ``cfg.data``; writes everything to ``run_dir``.
 
@@ -52,6 +64,26 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, resume: bool = False) -> None:
         self.cfg, self.run_dir, self.env = cfg, Path(run_dir), env
+        self.lock = RunLock(self.run_dir) if env.rank == 0 else None  # released by fit() or close()
+        try:
+            self._claim_folder(resume)
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim_folder(self, resume: bool) -> None:
+        """Refuse to train afresh over an earlier run; remove what a killed write left."""
+        if self.env.rank != 0:
+            return
+        if not resume and (self.run_dir / ckpt.CHECKPOINT_NAME).exists():
+            raise RunFolderError(f"{self.run_dir} already holds the checkpoint of an earlier run; continue it with "
+                                 f"'contrastlab train --resume {self.run_dir}', or give another --run-dir")
+        for path in remove_temporaries(self.run_dir):
+            print(f"removed {path}, left by an interrupted write", file=sys.stderr)
+
+    def _setup(self, resume: bool) -> None:
+        cfg, env = self.cfg, self.env
         self.device = env.device
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
@@ -82,7 +114,7 @@ class Trainer:
         if cfg.train.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} is larger than the {per_rank} training "
                 f"images per process of '{cfg.data.name}'; lower train.batch_size"
             )
@@ -123,8 +155,25 @@ class Trainer:
                 last = epoch + 1 == self.cfg.train.epochs
                 if last or (epoch + 1) % self.cfg.train.checkpoint_every == 0:
                     self._save(epoch + 1)
+        except RuntimeError as err:
+            if not (self.env.distributed and lost_ranks(err)):
+                raise
+            saved = self.run_dir / ckpt.CHECKPOINT_NAME
+            raise RanksLost(
+                f"rank {self.env.rank} lost the other ranks at step {self.step} (one died, or did not answer "
+                f"within train.dist_timeout_s={self.cfg.train.dist_timeout_s:g}): {str(err).splitlines()[0][:300]}. "
+                f"Resume from the last checkpoint with 'contrastlab train --resume {self.run_dir}' "
+                f"({'it exists' if saved.exists() else 'none was written yet'})."
+            ) from None
         finally:
+            self.close()
+
+    def close(self) -> None:
+        """Flush the metrics and release the run folder (done by :meth:`fit`; idempotent)."""
+        if getattr(self, "logger", None) is not None and not self.logger.closed:
             self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg.train
@@ -201,7 +250,9 @@ class Trainer:
             kept = f"the last good checkpoint is {saved}" if saved.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step}; stopped ({kept}). "
-                "Try a lower optim.lr, optim.grad_clip, or train.precision=fp32."
+                "Try a lower optim.lr, optim.grad_clip, or train.precision=fp32: an override after --resume "
+                f"changes the run's saved config.yaml, e.g. 'contrastlab train --resume {self.run_dir} "
+                f"optim.lr={self.optimizers[MAIN][1].lr / 2:g}'."
             )
         for optimizer, _ in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
