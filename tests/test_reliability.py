@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,6 +128,15 @@ def test_divergence_says_how_to_resume_with_a_changed_value(tmp_path, monkeypatc
 def test_a_batch_larger_than_the_training_set_is_a_config_error(tmp_path, capsys):
     assert main(["train", "--run-dir", str(tmp_path), *TINY, "train.batch_size=512", "eval.at_end=false"]) == 2
     assert "train.batch_size=512 is larger than the 256 training" in capsys.readouterr().err
+
+
+def test_an_empty_training_set_is_named(tmp_path, capsys):
+    np.savez(tmp_path / "train.npz", x=np.zeros((0, 8, 8), np.uint8))
+    np.savez(tmp_path / "test.npz", x=np.zeros((4, 8, 8), np.uint8))
+    args = ["train", "--run-dir", str(tmp_path / "run"), *TINY, "data.name=npz", f"data.root={tmp_path}",
+            "data.train_size=null", "data.test_size=null", "eval.at_end=false"]
+    assert main(args) == 2
+    assert "the training split of 'npz' holds no samples" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ real processes, real signals

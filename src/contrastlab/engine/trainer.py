@@ -113,6 +113,9 @@ class Trainer:
         self.steps_per_epoch = full_batches + (0 if cfg.train.drop_last or rest < 2 else 1)
         if cfg.train.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        if per_rank == 0:
+            raise ConfigError(f"data: the training split of '{cfg.data.name}' holds no samples for this process "
+                              f"({len(self.data.train)} samples, {env.world_size} processes)")
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} is larger than the {per_rank} training "
