@@ -187,14 +187,17 @@ def test_kill_9_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_ru
 
 
 def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_path):
-    longer = "train.epochs=20"
+    longer = "train.epochs=20"  # 4 steps per epoch, each logged
     whole = train_process(tmp_path / "whole", longer)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    target = random.randint(5, 70)  # killed once this step is logged: within an epoch or its checkpoint
     process = train_process(tmp_path / "killed", longer)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not (tmp_path / "killed" / ckpt.CHECKPOINT_NAME).exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))  # anywhere in the next epochs, their writes included
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and metrics.read_text().count('"loss"') >= target:
+            break
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it was killed"
     resumed = train_process(tmp_path / "killed", resume=True)
