@@ -70,6 +70,9 @@ def test_moco_queue_longer_than_the_training_set_is_capped_with_a_warning(tmp_pa
     assert trainer.method.queue.features.shape[0] == 256 and cfg.method.queue_size == 256
     cfg = tiny_config("train.epochs=1", "method.name=moco", "method.queue_size=200")
     assert Trainer(cfg, tmp_path / "short", init_distributed("cpu")).method.queue.features.shape[0] == 200
+    cfg = tiny_config("train.epochs=1", "method.name=moco", "method.queue_size=256")
+    with pytest.warns(UserWarning, match="method.queue_size=256 equals the 256 training samples"):
+        Trainer(cfg, tmp_path / "equal", init_distributed("cpu")).close()
 
 
 def test_barlow_twins_scale_loss_multiplies_the_loss():

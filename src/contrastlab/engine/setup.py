@@ -104,7 +104,8 @@ def fit_train_sized_fields(method: MethodConfig, train_size: int) -> None:
     training image) is set to ``train_size`` when ``None``, and must otherwise be at least that
     (``ConfigError`` naming ``method.<field>``). A field in ``TRAIN_CAPPED_FIELDS`` (MoCo's
     ``queue_size``) larger than ``train_size`` is lowered to it with a warning: a queue longer
-    than the training set holds several keys of one image, negatives of its own positive.
+    than the training set holds several keys of one image, negatives of its own positive; one
+    exactly as long gets a warning too.
     """
     for field in getattr(type(method), "TRAIN_SIZED_FIELDS", ()):
         value = getattr(method, field)
@@ -119,6 +120,10 @@ def fit_train_sized_fields(method: MethodConfig, train_size: int) -> None:
             warnings.warn(f"method.{field}={value} is larger than the {train_size} training samples; "
                           f"using {train_size}", stacklevel=2)
             setattr(method, field, train_size)
+        elif value == train_size:
+            warnings.warn(f"method.{field}={value} equals the {train_size} training samples: it holds a key of "
+                          "every image, each anchor's own among its negatives; a smaller one avoids that",
+                          stacklevel=2)
 
 
 def make_views(cfg: Config, data: RunData) -> list:
