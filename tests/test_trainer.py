@@ -69,6 +69,8 @@ METHOD_OVERRIDES = {
                    "backbone.options={encoder: convnet, encoder_options: {channels: [8, 16]}}",
                    "method.gen_hidden_dim=32", "method.num_negatives=32"],
     "auccl": ["method.name=auccl"],
+    "halp": ["method.name=halp", "method.queue_size=96", "method.prototype_keys=64", "method.num_prototypes=8",
+             "method.num_candidates=8", "method.num_positives=10", "method.refresh_every=2"],
     "graphcl": ["method.name=graphcl", "data.name=tu", f"data.root={Path(__file__).parents[2] / 'shared/data/tu/MUTAG'}",
                 "data.train_split=all", "data.test_split=all", "augment.preset=graph", "backbone.name=gin",
                 "backbone.options={hidden: 16, layers: 2}", "train.batch_size=47"],  # 188 graphs: 4 steps

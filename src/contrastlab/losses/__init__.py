@@ -15,6 +15,7 @@ from contrastlab.losses.contrastive import (
     queue_pairs,
 )
 from contrastlab.losses.difficulty import debiased_triplet_loss, difficulty_weights
+from contrastlab.losses.halp import Hallucinated, KMeansResult, hallucinate_positives, halp_loss, spherical_kmeans
 from contrastlab.losses.infonce import nt_xent
 from contrastlab.losses.margin import MARGIN_TYPES, margin_injection
 from contrastlab.losses.isd import similarity_distillation
@@ -23,7 +24,9 @@ from contrastlab.losses.oucl import oucl
 
 __all__ = [
     "AUC_MODES",
+    "Hallucinated",
     "KERNELS",
+    "KMeansResult",
     "LOSS_KINDS",
     "ascent",
     "auc_loss",
@@ -42,6 +45,8 @@ __all__ = [
     "debiased_triplet_loss",
     "decoupled_info_nce",
     "difficulty_weights",
+    "hallucinate_positives",
+    "halp_loss",
     "hard_negative_log_weights",
     "info_nce",
     "margin_injection",
@@ -50,4 +55,5 @@ __all__ = [
     "oucl",
     "queue_pairs",
     "similarity_distillation",
+    "spherical_kmeans",
 ]

@@ -64,6 +64,14 @@ class MoCo(Method):
         return guarded_forward(self.teacher.module, x, self.cfg.bn_guard, self.cfg.bn_splits, generator)
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
+        features, _, _, loss = self.contrast_with_queue(step)
+        return {"loss": loss, "features": features}
+
+    def contrast_with_queue(self, step: StepInput) -> tuple[torch.Tensor, tuple[torch.Tensor, ...],
+                                                             list[torch.Tensor], torch.Tensor]:
+        """The backbone features of view 1 (detached), the queries, their keys (the other
+        view's, from the teacher; kept for the enqueue after the optimiser step) and MoCo's
+        loss, averaged over the query-key pairs (two when symmetric)."""
         x1, x2 = step.views
         views = (x1, x2) if self.cfg.symmetric else (x1,)
         h = self.backbone(torch.cat(views))
@@ -77,7 +85,7 @@ class MoCo(Method):
             for q, k in zip(queries, keys)
         ]
         self._keys = torch.cat(keys)
-        return {"loss": sum(losses) / len(losses), "features": h[: x1.shape[0]].detach()}
+        return h[: x1.shape[0]].detach(), queries, keys, sum(losses) / len(losses)
 
     def on_after_optimizer_step(self, progress: float) -> None:
         momentum = cosine_momentum(self.cfg.base_momentum, self.cfg.final_momentum, progress)
