@@ -454,8 +454,9 @@ FIXTURES = {
 
 
 def test_every_registered_loader_has_a_fixture():
-    # spirograph is generated; the TU graph loader's fixtures are in test_graphs.py
-    assert set(DATASETS.names()) - {"spirograph", "tu"} == set(FIXTURES)
+    # spirograph and skeleton_actions are generated; the fixtures of the TU graph loader are in
+    # test_graphs.py, those of the NTU skeleton loader in test_skeletons.py
+    assert set(DATASETS.names()) - {"spirograph", "skeleton_actions", "tu", "ntu"} == set(FIXTURES)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))

@@ -32,8 +32,8 @@ def images(channels: int = 3, size: int = 16, batch: int = 4, seed: int = 1) -> 
 
 def test_tiny_table_covers_the_registry():
     # alexnet_half needs >= 63 px and lab_split 3 channels: tested in test_metaug_lab.py; gin
-    # encodes graphs: tested in test_graphs.py
-    assert sorted([*TINY, "alexnet_half", "gin", "lab_split"]) == BACKBONES.names()
+    # encodes graphs (test_graphs.py), bigru and tconv skeleton sequences (test_skeletons.py)
+    assert sorted([*TINY, "alexnet_half", "bigru", "gin", "lab_split", "tconv"]) == BACKBONES.names()
     assert all(summary for _, summary in BACKBONES.summaries())
 
 

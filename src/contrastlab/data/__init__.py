@@ -10,6 +10,8 @@ from contrastlab.data.base import DataError, ImageData
 from contrastlab.data.registry import DATASETS
 
 # Importing the loader modules registers them.
-from contrastlab.data import cifar, digits, filelist, folder, graph_augment, mnist, npz, spirograph, stl10, tu  # noqa: F401
+from contrastlab.data import (  # noqa: F401
+    cifar, digits, filelist, folder, graph_augment, mnist, npz, ntu, skeleton_actions, skeleton_augment, spirograph, stl10, tu,
+)
 
 __all__ = ["DATASETS", "DataError", "ImageData"]

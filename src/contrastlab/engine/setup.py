@@ -200,9 +200,11 @@ def make_method(cfg: Config, input_shape: tuple[int, ...], train_size: int) -> M
 
 def view_shape(data: RunData, views: list) -> tuple[int, ...]:
     """``(C, H, W)`` of the first training view (the backbone is built for it): its crop's size
-    when it starts with a crop, else the image size; ``(F,)`` for graphs."""
-    if len(data.train.shape) != 3:  # graphs: (F,) node features
-        return tuple(data.train.shape)
+    when it starts with a crop, else the image size; ``(F,)`` for graphs; the first view's
+    output shape ``(3, T, V, M)`` for skeleton sequences."""
+    if len(data.train.shape) != 3:  # graphs: (F,) node features; skeletons: the views' (3, T, V, M)
+        output_shape = getattr(views[0], "output_shape", None)
+        return tuple(output_shape(data.train.shape) if output_shape else data.train.shape)
     channels, height, width = data.train.shape
     first = views[0].transforms[0] if getattr(views[0], "transforms", None) else None
     size = getattr(first, "size", None) if isinstance(first, RandomResizedCropFlip) else None

@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastlab.models.registry import BACKBONES, GRAPH_BACKBONES
+from contrastlab.models.registry import BACKBONES, INPUT_KINDS, INPUT_SHAPES
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int], **options) -> nn.Module:
-    """The backbone registered as ``name`` for inputs of shape ``(C, H, W)`` (images) or
-    ``(F,)`` (graphs' node features, :data:`~contrastlab.models.registry.GRAPH_BACKBONES`).
+    """The backbone registered as ``name`` for inputs of shape ``(C, H, W)`` (images), ``(F,)``
+    (graphs' node features) or ``(3, T, V, M)`` (skeleton sequences), as
+    :data:`~contrastlab.models.registry.INPUT_KINDS` says.
 
     Raises ``ValueError`` for an unknown name or an option the builder does not take.
     """
@@ -43,11 +44,13 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], **options) -> n
 
 def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    graph = name in GRAPH_BACKBONES
-    if len(shape) != (1 if graph else 3) or not all(isinstance(s, int) and s > 0 for s in shape):
-        expected = "graphs: (F,) node features" if graph else "images: (C, H, W)"
-        hint = " (graph data needs a graph backbone such as 'gin')" if len(shape) == 1 and not graph else ""
-        raise ValueError(f"backbone '{name}' encodes {expected} positive ints, got input shape {input_shape!r}{hint}")
+    kind = INPUT_KINDS.get(name, "images")
+    dims, layout = INPUT_SHAPES[kind]
+    if len(shape) != dims or not all(isinstance(s, int) and s > 0 for s in shape):
+        hint = next((f" ({other} need a backbone such as '{backbone}')" for backbone, other in INPUT_KINDS.items()
+                     if other != kind and INPUT_SHAPES[other][0] == len(shape)), "")
+        raise ValueError(f"backbone '{name}' encodes {kind}: {layout} positive ints, got input shape "
+                         f"{input_shape!r}{hint}")
     return shape
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastlab.models.registry import BACKBONES, GRAPH_BACKBONES
+from contrastlab.models.registry import BACKBONES, INPUT_KINDS
 
 
 def gin_conv(in_features: int, out_features: int) -> nn.Module:
@@ -53,4 +53,4 @@ def gin(input_shape: tuple[int], hidden: int = 32, layers: int = 3) -> GIN:
     return GIN(input_shape[0], hidden, layers)
 
 
-GRAPH_BACKBONES.add("gin")
+INPUT_KINDS["gin"] = "graphs"
