@@ -3,6 +3,7 @@ refusal of bad files), the skeleton views, the sequence encoders, and MoCo learn
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -153,6 +154,20 @@ def test_joint_corruption_shear_and_rotation():
     either = CorruptOrShear(corrupt_prob=0.5).sample(shape, torch.Generator().manual_seed(5))
     sheared = (either["matrix"] != torch.eye(3)).any(dim=(1, 2))
     assert not (sheared & either["joints"].any(dim=1)).any()  # never both on one sample
+
+
+def test_the_robustness_perturbation_turns_the_camera_by_the_strength():
+    from contrastlab.data.perturbation import registered_perturbation
+
+    view = SkeletonView([TemporalCrop()])
+    perturb = registered_perturbation(view)(None)
+    x = batch()["inputs"]
+    turned = perturb(0.7)({"inputs": x}, torch.Generator().manual_seed(0))
+    assert torch.equal(turned[:, 1], x[:, 1])  # the vertical stays
+    before, after = x[:, [0, 2]], turned[:, [0, 2]]
+    cosine = (before * after).sum(dim=1) / (before.norm(dim=1) * after.norm(dim=1))
+    assert torch.allclose(cosine, torch.full_like(cosine, math.cos(0.7)), atol=1e-4)
+    assert torch.allclose(perturb(0.0)({"inputs": x}, torch.Generator()), x)
 
 
 def test_views_are_reproducible_from_their_seed_and_arguments_are_checked():

@@ -14,6 +14,9 @@ skeleton literature (CMD, AimCLR, HaLP's ``feeder/augmentations.py``):
 - ``corrupt_or_shear``: CMD's choice, ``joint_corrupt`` with probability ``corrupt_prob``, else
   ``shear``.
 - ``rotate``: a rotation by angles ``U(-max_angle, max_angle)`` (radians) about each axis.
+- ``camera_turn``: a turn about the vertical by exactly ``angle`` to either side; also the
+  test-time perturbation of ``eval.robustness`` for skeletons (strength: the angle), which
+  shows viewpoints the training data never had.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import math
+
 import torch
 
 from contrastlab.data.augment import TransformArgumentError, ViewPreset, register_preset, register_view_kind
+from contrastlab.data.perturbation import register_perturbation
 from contrastlab.data.skeletons import SKELETON_KIND
 
 
@@ -159,6 +165,25 @@ class Rotate:
         return _mix_coordinates(x, params["matrix"])
 
 
+class CameraTurn:
+    name: ClassVar[str] = "camera_turn"
+    set_by_view: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, angle: float = 0.5) -> None:
+        if not 0.0 <= angle <= math.pi:
+            raise TransformArgumentError("angle", f"{self.name}: angle must be in [0, pi], got {angle!r}")
+        self.angle = angle
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A turn about the vertical (y) by exactly ``angle``, to a random side per sample."""
+        side = torch.randint(0, 2, (shape[0],), generator=generator) * 2 - 1
+        angles = torch.zeros(shape[0], 3)
+        angles[:, 1] = side * self.angle
+        return {"matrix": rotation_matrices(angles)}
+
+    apply = staticmethod(Rotate.apply)
+
+
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     """``(B, 3, 3)`` rotations ``R_z R_y R_x`` by ``angles: (B, 3)`` about x, y and z."""
     c, s = angles.cos(), angles.sin()
@@ -175,7 +200,7 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
 
 
 SKELETON_TRANSFORMS: dict[str, type] = {
-    cls.name: cls for cls in (TemporalCrop, JointCorrupt, Shear, CorruptOrShear, Rotate)
+    cls.name: cls for cls in (TemporalCrop, JointCorrupt, Shear, CorruptOrShear, Rotate, CameraTurn)
 }
 """``augment.views[i].transforms[j].name`` of a ``skeleton`` view -> its class."""
 
@@ -217,6 +242,20 @@ class SkeletonView:
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         return self.apply(batch, self.sample(batch, generator))
+
+
+@register_perturbation(SkeletonView)
+class UnseenViewpoint:
+    """Test sequences turned about the vertical by the strength (radians), to either side."""
+
+    name = "skeleton camera turn"
+    max_strength = math.pi
+
+    def __init__(self, normalize: Any) -> None:
+        pass  # skeleton views standardise nothing
+
+    def __call__(self, strength: float) -> SkeletonView:
+        return SkeletonView([CameraTurn(strength)])
 
 
 def skeleton_view(transforms: Sequence[dict[str, Any]], size: int | None, input_shape: tuple[int, ...],
