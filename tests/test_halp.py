@@ -92,16 +92,23 @@ def test_lambda_max_sets_the_hardness_range():
 
 
 def test_halp_loss_equals_a_loop_reference_and_its_gradient():
+    made = hallucinate_positives(unit(4, 5, seed=8), unit(3, 5, seed=9), 3, 2, 1, 0.8, torch.Generator().manual_seed(2))
+    made = made._replace(kept=torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool))
     q = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    positives = unit(4, 3, 5, seed=8)
-    kept = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
-    loss = halp_loss(q, positives, kept, temperature=0.2)
-    qn = F.normalize(q, dim=1)
-    terms = [torch.dot(qn[i], positives[i, g]) / 0.2 for i in range(4) for g in range(3) if kept[i, g]]
+    loss = halp_loss(q, made, temperature=0.2)
+    qn, positives = F.normalize(q, dim=1), made.positives
+    terms = [torch.dot(qn[i], positives[i, g]) / 0.2 for i in range(4) for g in range(3) if made.kept[i, g]]
     reference = -sum(terms) / len(terms)
     assert torch.allclose(loss, reference)
-    torch.autograd.gradcheck(lambda x: halp_loss(x, positives, kept, 0.2), (q,))
-    assert halp_loss(q, positives, torch.zeros_like(kept), 0.2) == 0
+    torch.autograd.gradcheck(lambda x: halp_loss(x, made, 0.2), (q,))
+    assert halp_loss(q, made._replace(kept=torch.zeros_like(made.kept)), 0.2) == 0
+
+
+def test_the_rank_filter_from_dot_products_equals_the_explicit_one():
+    keys, prototypes = unit(64, 16, seed=11), unit(10, 16, seed=12)
+    made = hallucinate_positives(keys, prototypes, 20, 9, 1, 0.8, torch.Generator().manual_seed(3))
+    explicit = (made.positives @ prototypes.T).argmax(dim=-1) == made.own[:, None]
+    assert torch.equal(made.kept, explicit) and 0 < made.kept.float().mean() < 1
 
 
 def test_spherical_kmeans_lowers_its_objective_and_returns_unit_centroids():

@@ -113,15 +113,28 @@ def mean_directions(points: torch.Tensor, assignment: torch.Tensor, previous: to
 
 
 class Hallucinated(NamedTuple):
-    """``positives``: ``(B, G, D)`` unit rows; ``kept``: ``(B, G)`` bool, the rank filter;
-    ``own``: ``(B,)`` index of each key's prototype ``p_0``; ``targets``: ``(B, G)`` index of
-    each positive's ``p_s``; ``t``: ``(B, G)`` the slerp fractions used."""
+    """The positives of each key ``k_i`` as unit combinations ``g_ig = a_ig k_i + b_ig p_s(ig)``
+    of the key and its target prototype (a slerp point is one), so that the rank filter and the
+    loss need only dot products, never the ``(B, G, D)`` points themselves.
 
-    positives: torch.Tensor
+    ``keys``: ``(B, D)`` unit keys; ``prototypes``: ``(P, D)``; ``coefficients``: ``(B, G, 2)``
+    the ``(a, b)``; ``kept``: ``(B, G)`` bool, the rank filter; ``own``: ``(B,)`` index of each
+    key's prototype ``p_0``; ``targets``: ``(B, G)`` index of each positive's ``p_s``; ``t``:
+    ``(B, G)`` the slerp fractions used."""
+
+    keys: torch.Tensor
+    prototypes: torch.Tensor
+    coefficients: torch.Tensor
     kept: torch.Tensor
     own: torch.Tensor
     targets: torch.Tensor
     t: torch.Tensor
+
+    @property
+    def positives(self) -> torch.Tensor:
+        """``(B, G, D)`` the positives themselves (unit rows)."""
+        a, b = self.coefficients.unbind(-1)
+        return a[..., None] * self.keys[:, None, :] + b[..., None] * self.prototypes[self.targets]
 
 
 def candidate_prototypes(similarities: torch.Tensor, num_candidates: int, skip: int) -> torch.Tensor:
@@ -146,12 +159,22 @@ def boundary_fraction(omega: torch.Tensor, own_minus_target: torch.Tensor, own_d
     return t_max.clamp(0, 1)
 
 
+def slerp_coefficients(omega: torch.Tensor, t: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+    """``(..., 2)`` the ``(a, b)`` of the normalised slerp point ``a k + b p`` at fraction ``t``
+    of the way from ``k`` to ``p`` (``omega``: the angle between them, ``cosine = k . p``):
+    ``[sin((1 - t) omega), sin(t omega)] / sin omega``, divided by the norm of the point,
+    ``sqrt(a^2 + b^2 + 2 a b cosine)``."""
+    a = torch.sin((1 - t) * omega) / (torch.sin(omega) + GUARD)
+    b = torch.sin(t * omega) / (torch.sin(omega) + GUARD)
+    norm = (a * a + b * b + 2 * a * b * cosine).clamp_min(1e-24).sqrt()
+    return torch.stack([a / norm, b / norm], dim=-1)
+
+
 def slerp(start: torch.Tensor, end: torch.Tensor, omega: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The normalised point ``[sin((1 - t) omega) start + sin(t omega) end] / sin omega`` on
-    the great circle from ``start`` to ``end`` (``(..., D)``, broadcast), ``omega``, ``t``:
-    ``(...)`` the angle between them and the fraction of the way."""
-    towards = (torch.sin((1 - t) * omega).unsqueeze(-1) * start + torch.sin(t * omega).unsqueeze(-1) * end)
-    return F.normalize(towards / (torch.sin(omega) + GUARD).unsqueeze(-1), dim=-1)
+    """The normalised slerp point from ``start`` to ``end`` (``(..., D)``, broadcast) at fraction
+    ``t`` (``(...)``) of the angle ``omega`` between them."""
+    a, b = slerp_coefficients(omega, t, (start * end).sum(-1)).unbind(-1)
+    return a[..., None] * start + b[..., None] * end
 
 
 def hardness_fractions(t_max: torch.Tensor, lambda_max: float, generator: torch.Generator) -> torch.Tensor:
@@ -203,36 +226,39 @@ def hallucinate_positives(keys: torch.Tensor, prototypes: torch.Tensor, num_posi
         key_dot_target = similarities.gather(1, targets)
         omega = great_circle_angle(key_dot_target)
         own_minus_target = similarities.gather(1, own[:, None]) - key_dot_target
-        own_dot_target = (protos @ protos.T)[own[:, None], targets]
+        own_dot_target = (protos @ protos.T)[own[:, None], targets]  # (B, G)
         t = hardness_fractions(boundary_fraction(omega, own_minus_target, own_dot_target), lambda_max, generator)
-        positives = slerp(k[:, None, :], protos[targets], omega, t)  # (B, G, D)
-        kept = (positives @ protos.T).argmax(dim=-1) == own[:, None]
-    return Hallucinated(positives, kept, own, targets, t)
+        coefficients = slerp_coefficients(omega, t, key_dot_target)  # (B, G, 2)
+        gram = protos @ protos.T  # (P, P)
+        # similarity of every positive to every prototype: a (k . p_r) + b (p_s . p_r): (B, G, P)
+        to_prototypes = coefficients[..., :1] * similarities[:, None, :] + coefficients[..., 1:] * gram[targets]
+        kept = to_prototypes.argmax(dim=-1) == own[:, None]
+    return Hallucinated(k, protos, coefficients, kept, own, targets, t)
 
 
 # ----------------------------------------------------------------------------- the loss
 
 
-def halp_loss(queries: torch.Tensor, positives: torch.Tensor, kept: torch.Tensor, temperature: float) -> torch.Tensor:
+def halp_loss(queries: torch.Tensor, made: Hallucinated, temperature: float) -> torch.Tensor:
     """HaLP's extra loss (the official code's form): ``-(1/|K|) sum_{(i, g) in K} q_i . g_ig / tau``
-    over the kept positives ``K``, no denominator; 0 when none is kept. In at least float32
-    whatever the autocast.
+    over the kept positives ``K``, no denominator; 0 when none is kept. From dot products only:
+    ``q . g = a (q . k) + b (q . p_s)``. In at least float32 whatever the autocast.
 
     Args:
         queries: ``(B, D)`` queries ``q`` (normalised here; gradients flow).
-        positives: ``(B, G, D)`` hallucinated positives (constants).
-        kept: ``(B, G)`` bool, the positives that count.
+        made: the positives of the queries' keys (constants), from :func:`hallucinate_positives`.
         temperature: ``tau > 0``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if queries.dim() != 2 or positives.dim() != 3 or positives.shape[::2] != queries.shape \
-            or kept.shape != positives.shape[:2]:
-        raise ValueError(f"expected queries: (B, D), positives: (B, G, D) and kept: (B, G), got "
-                         f"{tuple(queries.shape)}, {tuple(positives.shape)} and {tuple(kept.shape)}")
+    if queries.dim() != 2 or queries.shape != made.keys.shape:
+        raise ValueError(f"expected queries: (B, D) like the keys {tuple(made.keys.shape)}, got {tuple(queries.shape)}")
     with torch.autocast(queries.device.type, enabled=False):
         dtype = torch.promote_types(queries.dtype, torch.float32)
         q = F.normalize(queries.to(dtype), dim=1)
-        similarities = torch.einsum("bd,bgd->bg", q, positives.detach().to(dtype))
-        count = kept.sum().clamp_min(1)
-        return -(similarities * kept).sum() / (temperature * count)
+        to_key = (q * made.keys.detach().to(dtype)).sum(dim=1, keepdim=True)  # (B, 1)
+        to_targets = (q @ made.prototypes.detach().to(dtype).T).gather(1, made.targets)  # (B, G)
+        a, b = made.coefficients.detach().to(dtype).unbind(-1)
+        similarities = a * to_key + b * to_targets
+        count = made.kept.sum().clamp_min(1)
+        return -(similarities * made.kept).sum() / (temperature * count)

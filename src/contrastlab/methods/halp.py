@@ -115,7 +115,7 @@ class HaLP(MoCo):
         for q, k in zip(queries, keys):
             made = hallucinate_positives(k, self.prototypes, self.cfg.num_positives, self.cfg.num_candidates,
                                          self.cfg.skip, self.cfg.lambda_max, generator)
-            losses.append(halp_loss(q, made.positives, made.kept, self.cfg.temperature))
+            losses.append(halp_loss(q, made, self.cfg.temperature))
             kept.append(made.kept.float().mean())
         return sum(losses) / len(losses), (sum(kept) / len(kept)).cpu()
 
