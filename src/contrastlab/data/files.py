@@ -63,6 +63,22 @@ def read_maybe_gzip(path: Path) -> bytes:
         raise DataError(f"{packed}: not a readable gzip file, truncated or damaged? ({type(err).__name__}: {err})") from None
 
 
+def generated_split_size(dataset: str, split: str, root: str | None, size: int | None,
+                         default_sizes: dict[str, int]) -> int:
+    """The number of samples to generate for ``split`` of a generated ``dataset``: ``size``, or
+    the split's entry of ``default_sizes``; a ``DataError`` for an unknown split, a root, or a
+    size that is not a positive integer."""
+    if split not in default_sizes:
+        raise DataError(f"{dataset}: unknown split '{split}'; expected one of {sorted(default_sizes)}")
+    if root is not None:
+        raise DataError(f"{dataset} is generated, not read from files: root must be None (data.root: null), "
+                        f"got '{root}'")
+    size = default_sizes[split] if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise DataError(f"{dataset}: size must be a positive integer, got {size!r}")
+    return size
+
+
 def subset_index(n: int, size: int | None, seed: int) -> np.ndarray | None:
     """Sorted indices of a seeded random subset of ``size`` of ``n`` samples.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from contrastlab.data.base import DataError
+from contrastlab.data.files import generated_split_size
 from contrastlab.data.registry import DATASETS
 from contrastlab.data.skeletons import SkeletonData
 
@@ -164,13 +164,7 @@ def load(split: str, root: str | None = None, size: int | None = None, seed: int
     """Generate a split: ``size`` sequences (default 5,000 train / 1,000 test), deterministic
     for a ``seed``, train and test from different random streams; ``extras["nuisance"]``:
     ``(N, 10)`` float32 (:data:`NUISANCE_NAMES`)."""
-    if split not in SPLIT_STREAM:
-        raise DataError(f"skeleton_actions: unknown split '{split}'; expected one of {sorted(SPLIT_STREAM)}")
-    if root is not None:
-        raise DataError(f"skeleton_actions is generated, not read from files: data.root must be null, got '{root}'")
-    size = DEFAULT_SIZE[split] if size is None else size
-    if not isinstance(size, int) or size <= 0:
-        raise DataError(f"skeleton_actions: the size must be a positive integer, got {size!r}")
+    size = generated_split_size("skeleton_actions", split, root, size, DEFAULT_SIZE)
     sequences, labels, nuisance = generate(size, FRAMES, seed=2 * seed + SPLIT_STREAM[split])
     return SkeletonData(name="skeleton_actions", sequences=torch.from_numpy(sequences),
                         labels=torch.from_numpy(labels), classes=CLASSES,

@@ -19,6 +19,7 @@ import torch
 
 from contrastlab.data.augment import ViewPreset, register_preset, register_view_kind
 from contrastlab.data.base import ImageData
+from contrastlab.data.files import generated_split_size
 from contrastlab.data.perturbation import check_strengths, register_perturbation
 from contrastlab.data.preprocess import Normalize
 from contrastlab.data.registry import DATASETS
@@ -148,13 +149,7 @@ def load(split: str, root: str | None = None, size: int | None = None, seed: int
     ``targets`` are ``(N, 4)`` float32 ``(m, b, sigma, f_r)``; ``extras["nuisance"]`` is the
     ``(N, 6)`` float32 nuisance the stored images were rendered with.
     """
-    if split not in SPLIT_STREAM:
-        raise ValueError(f"spirograph: unknown split '{split}'; expected one of {sorted(SPLIT_STREAM)}")
-    if root is not None:
-        raise ValueError(f"spirograph is generated, not read from files: root must be None, got '{root}'")
-    size = DEFAULT_SIZE[split] if size is None else size
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"spirograph: size must be a positive integer, got {size!r}")
+    size = generated_split_size("spirograph", split, root, size, DEFAULT_SIZE)
     generator = torch.Generator().manual_seed(2 * seed + SPLIT_STREAM[split])
     factors = sample_factors(size, generator)
     nuisance = sample_nuisance(size, generator)
