@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".", ".tmp"  # atomic_write's temporaries: .<name>.<random>.tmp
 REQUIRED_KEYS = ("method", "epoch", "step", "config", "input_shape")
 """What every checkpoint of :class:`~contrastlab.engine.trainer.Trainer` holds and evaluation,
 export and resume read."""
@@ -29,7 +30,7 @@ def atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) c
     A crash mid-write leaves the previous file intact, never a truncated one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.", suffix=TEMPORARY_SUFFIX)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -12,8 +12,9 @@ import fcntl
 import os
 from pathlib import Path
 
+from contrastlab.engine.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX
+
 LOCK_NAME = ".lock"
-TEMPORARY_GLOB = ".*.tmp"  # engine.checkpoint.atomic_write's temporaries
 
 
 class RunFolderError(RuntimeError):
@@ -65,7 +66,7 @@ class RunLock:
 def remove_temporaries(run_dir: Path) -> list[Path]:
     """Delete what an interrupted atomic write left in ``run_dir`` (a process killed while
     writing a checkpoint); call only while holding the folder's :class:`RunLock`."""
-    stale = sorted(run_dir.glob(TEMPORARY_GLOB))
+    stale = sorted(run_dir.glob(f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -89,6 +89,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
 
         self.data = load_data(cfg)
+        per_rank = len(self.data.train) // env.world_size
+        if per_rank == 0:
+            raise ConfigError(f"data: the training split of '{cfg.data.name}' holds no samples for this process "
+                              f"({len(self.data.train)} samples, {env.world_size} processes)")
         views = make_views(cfg, self.data)
         self.input_shape = view_shape(self.data, views)
         train_set, self.views = training_views(self.data.train, views)
@@ -108,14 +112,10 @@ class Trainer:
             self.probe = nn.Linear(method.backbone.out_dim, classes).to(self.device)
             self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=1e-3)
 
-        per_rank = len(self.data.train) // env.world_size
         full_batches, rest = divmod(per_rank, cfg.train.batch_size)
         self.steps_per_epoch = full_batches + (0 if cfg.train.drop_last or rest < 2 else 1)
         if cfg.train.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
-        if per_rank == 0:
-            raise ConfigError(f"data: the training split of '{cfg.data.name}' holds no samples for this process "
-                              f"({len(self.data.train)} samples, {env.world_size} processes)")
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} is larger than the {per_rank} training "
@@ -161,15 +161,18 @@ class Trainer:
         except RuntimeError as err:
             if not (self.env.distributed and lost_ranks(err)):
                 raise
-            saved = self.run_dir / ckpt.CHECKPOINT_NAME
             raise RanksLost(
                 f"rank {self.env.rank} lost the other ranks at step {self.step} (one died, or did not answer "
                 f"within train.dist_timeout_s={self.cfg.train.dist_timeout_s:g}): {str(err).splitlines()[0][:300]}. "
-                f"Resume from the last checkpoint with 'contrastlab train --resume {self.run_dir}' "
-                f"({'it exists' if saved.exists() else 'none was written yet'})."
+                f"Resume with 'contrastlab train --resume {self.run_dir}' ({self._kept_checkpoint()})."
             ) from None
         finally:
             self.close()
+
+    def _kept_checkpoint(self) -> str:
+        """Where a stopped run can resume from, for its error message."""
+        saved = self.run_dir / ckpt.CHECKPOINT_NAME
+        return f"the last good checkpoint is {saved}" if saved.exists() else "no checkpoint was written yet"
 
     def close(self) -> None:
         """Flush the metrics and release the run folder (done by :meth:`fit`; idempotent)."""
@@ -249,10 +252,8 @@ class Trainer:
                 self.step += 1
                 return {"loss": loss.detach(), "skipped": 1, "extra": {}}
         if not torch.isfinite(loss):
-            saved = self.run_dir / ckpt.CHECKPOINT_NAME
-            kept = f"the last good checkpoint is {saved}" if saved.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {self.step}; stopped ({kept}). "
+                f"loss became {loss.item()} at step {self.step}; stopped ({self._kept_checkpoint()}). "
                 "Try a lower optim.lr, optim.grad_clip, or train.precision=fp32: an override after --resume "
                 f"changes the run's saved config.yaml, e.g. 'contrastlab train --resume {self.run_dir} "
                 f"optim.lr={self.optimizers[MAIN][1].lr / 2:g}'."
