@@ -14,10 +14,9 @@ from sklearn.linear_model import LogisticRegression
 
 from contrastlab.data import DATASETS, DataError
 from contrastlab.data.augment import TransformArgumentError
-from contrastlab.data.ntu import resample
 from contrastlab.data.skeleton_actions import CLASSES, generate
 from contrastlab.data.skeleton_augment import (CorruptOrShear, JointCorrupt, Rotate, Shear, SkeletonView,
-                                               TemporalCrop, rotation_matrices)
+                                               TemporalCrop, resample_frames, rotation_matrices)
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.evaluation import evaluate_run
 from contrastlab.engine.trainer import Trainer
@@ -201,8 +200,8 @@ def test_bigru_takes_the_last_frames_output():
 
 
 def test_resample_keeps_constant_sequences_constant():
-    constant = np.ones((2, 3, 7, 25, 2), np.float32)
-    assert np.allclose(resample(constant, np.array([7, 3]), 64), 1.0)
+    constant = torch.ones(2, 3, 7, 25, 2)
+    assert torch.allclose(resample_frames(constant, torch.zeros(2), torch.tensor([7.0, 3.0]), 64), torch.ones(()))
 
 
 @pytest.mark.parametrize("recipe", ["moco", "halp"])

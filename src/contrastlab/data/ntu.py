@@ -28,6 +28,7 @@ from contrastlab.data.base import DataError
 from contrastlab.data.files import require_file, require_root, subset_index
 from contrastlab.data.registry import DATASETS
 from contrastlab.data.safe_pickle import load_pickle
+from contrastlab.data.skeleton_augment import resample_frames
 from contrastlab.data.skeletons import SkeletonData
 
 SPLITS = ("train", "val")
@@ -49,19 +50,6 @@ def read_labels(path: Path) -> tuple[list[str], np.ndarray]:
     if len(names) != len(labels):
         raise DataError(f"{path}: {len(names)} sample names but {len(labels)} labels")
     return list(names), np.asarray(labels, dtype=np.int64)
-
-
-def resample(sequences: np.ndarray, valid: np.ndarray, frames: int) -> np.ndarray:
-    """``(n, 3, frames, V, M)`` float32: each ``(3, T, V, M)`` sequence's first ``valid`` frames
-    linearly interpolated to ``frames``."""
-    position = (valid[:, None] - 1).clip(min=0) * np.linspace(0, 1, frames)[None, :]  # (n, frames)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, (valid[:, None] - 1).clip(min=0))
-    weight = (position - below)[:, None, :, None, None].astype(np.float32)
-    rows = np.arange(len(sequences))[:, None]
-    lower = np.asarray(sequences[rows, :, below]).transpose(0, 2, 1, 3, 4)  # (n, 3, frames, V, M)
-    upper = np.asarray(sequences[rows, :, above]).transpose(0, 2, 1, 3, 4)
-    return (lower + weight * (upper - lower)).astype(np.float32)
 
 
 @DATASETS.register("ntu", "NTU RGB+D / PKU-MMD skeletons in the CMD/AimCLR layout (.npy joints, .pkl labels), "
@@ -91,9 +79,10 @@ def load(split: str, root: str | None = None, size: int | None = None, seed: int
             raise DataError(f"{frames_path}: expected {len(labels)} frame counts in 1..{joints.shape[2]}")
     index = subset_index(len(labels), size, seed)
     index = np.arange(len(labels)) if index is None else index
-    sequences = np.concatenate([resample(joints[index[i:i + CHUNK]], valid[index[i:i + CHUNK]], FRAMES)
-                                for i in range(0, len(index), CHUNK)]) if len(index) else \
-        np.zeros((0, 3, FRAMES, *joints.shape[3:]), np.float32)
+    chunks = [resample_frames(torch.from_numpy(np.asarray(joints[rows])), torch.zeros(len(rows)),
+                              torch.from_numpy(valid[rows]).float(), FRAMES)
+              for rows in (index[i:i + CHUNK] for i in range(0, len(index), CHUNK))]
+    sequences = torch.cat(chunks) if chunks else torch.zeros(0, 3, FRAMES, *joints.shape[3:])
     classes = tuple(str(c) for c in range(int(labels.max(initial=-1)) + 1))
-    return SkeletonData(name="ntu", sequences=torch.from_numpy(sequences), labels=torch.from_numpy(labels[index]),
+    return SkeletonData(name="ntu", sequences=sequences, labels=torch.from_numpy(labels[index]),
                         classes=classes)

@@ -68,15 +68,21 @@ class TemporalCrop:
         return {"length": length, "start": start}
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch, _, frames = x.shape[:3]
-        steps = torch.linspace(0, 1, self.frames, device=x.device)
-        position = params["start"].to(x.device)[:, None] + (params["length"].to(x.device)[:, None] - 1) * steps
-        below = position.floor().clamp(0, frames - 1)
-        above = (below + 1).clamp(max=frames - 1)
-        weight = (position - below).to(x.dtype)
-        index = lambda p: p.long()[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:])  # noqa: E731
-        lower, upper = x.gather(2, index(below)), x.gather(2, index(above))
-        return lower + weight[:, None, :, None, None] * (upper - lower)
+        return resample_frames(x, params["start"], params["length"], self.frames)
+
+
+def resample_frames(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(B, 3, frames, V, M)``: the window of ``length`` frames from ``start`` (``(B,)`` each,
+    fractional) of every sequence of ``x: (B, 3, T, V, M)``, linearly interpolated in time."""
+    total = x.shape[2]
+    steps = torch.linspace(0, 1, frames, device=x.device)
+    position = start.to(x.device)[:, None] + (length.to(x.device)[:, None] - 1) * steps
+    below = position.floor().clamp(0, total - 1)
+    above = (below + 1).clamp(max=total - 1)
+    weight = (position - below).to(x.dtype)
+    index = lambda p: p.long()[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:])  # noqa: E731
+    lower, upper = x.gather(2, index(below)), x.gather(2, index(above))
+    return lower + weight[:, None, :, None, None] * (upper - lower)
 
 
 class JointCorrupt:
