@@ -18,8 +18,10 @@ dataset, with "vs" = the difference of the means from the first arm on that data
 
 ``--resume`` reads a finished run instead of retraining it (a run is finished when its
 results.json and this script's ``seed_study.json`` record exist; the record must name the same
-recipe and overrides). Without it, or for an unfinished run, the run folder is deleted and
-trained afresh. ``--no-write`` prints the table without writing ``benchmarks/results/``.
+recipe and overrides). A run whose folder is gone is read from the rows of ``results/<out>.json``
+when one there has the same arm, seed, recipe file name and overrides, so a study can gain seeds
+after its run folders were deleted. Without it, or for an unfinished run, the run folder is
+deleted and trained afresh. ``--no-write`` prints the table without writing ``benchmarks/results/``.
 
     .venv/bin/python benchmarks/seed_study.py --out meta_methods_fashion_mnist --seeds 0 1 2 \\
         --common train.epochs=3 data.train_size=20000 \\
@@ -48,7 +50,7 @@ from pathlib import Path
 from contrastlab.core.config import ConfigError
 from contrastlab.recipes import load_config
 from methods import CHILD, ROOT, RUNS
-from report import environment, write_results
+from report import RESULTS, environment, write_results
 
 PER_RUN = ["train.progress=false", "eval.plots=false"]  # and eval.compare_random_init (false but for --untrained)
 RECORD = "seed_study.json"  # written into a run folder once the run has finished
@@ -138,12 +140,34 @@ def train(arm: Arm, seed: int, overrides: list[str], run_dir: Path) -> dict:
     return record
 
 
-def run(arm: Arm, seed: int, common: list[str], out: str, resume: bool, untrained: bool = False) -> list[dict]:
-    """One finished run of ``arm`` for ``seed`` (read under ``resume`` when there is one); with
-    ``untrained``, also the same backbone evaluated at initialisation (a second entry)."""
+def recorded_rows(out: str) -> list[dict]:
+    """The rows of an earlier ``results/<out>.json`` (none when there is no such file)."""
+    path = RESULTS / f"{out}.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def recorded(rows: list[dict], arm: Arm, seed: int, overrides: list[str], untrained: bool) -> list[dict] | None:
+    """The entries of ``rows`` for this run (the trained one, then the untrained one under
+    ``untrained``), or None when the run is not there in full."""
+    def same_run(row: dict) -> bool:
+        return (row["seed"] == seed and row["overrides"] == overrides
+                and Path(row["recipe"]).name == arm.recipe.name)
+    names = [arm.name, UNTRAINED] if untrained else [arm.name]
+    found = [next((r for r in rows if r["arm"] == name and same_run(r)), None) for name in names]
+    return None if None in found else [{**r, "read": True} for r in found]
+
+
+def run(arm: Arm, seed: int, common: list[str], out: str, resume: bool, untrained: bool = False,
+        earlier: list[dict] = ()) -> list[dict]:
+    """One finished run of ``arm`` for ``seed`` (read under ``resume`` when there is one, in its
+    folder or among the ``earlier`` rows); with ``untrained``, also the same backbone evaluated at
+    initialisation (a second entry)."""
     run_dir = RUNS / out / f"{arm.name}-s{seed}"
     overrides = [*common, *arm.overrides, f"train.seed={seed}", *PER_RUN,
                  f"eval.compare_random_init={str(untrained).lower()}"]
+    kept = recorded(earlier, arm, seed, overrides, untrained) if resume and not run_dir.is_dir() else None
+    if kept is not None:
+        return kept
     finished = (run_dir / RECORD).is_file() and (run_dir / "results.json").is_file()
     if resume and finished:
         record = json.loads((run_dir / RECORD).read_text())
@@ -261,10 +285,11 @@ def main() -> None:
     if args.untrained and UNTRAINED in names:
         raise SystemExit(f"--untrained adds a row named '{UNTRAINED}': rename that arm")
 
+    earlier = recorded_rows(args.out) if args.resume else []
     runs = []
     for seed in args.seeds:
         for position, arm in enumerate(arms):
-            entries = run(arm, seed, args.common, args.out, args.resume, args.untrained and position == 0)
+            entries = run(arm, seed, args.common, args.out, args.resume, args.untrained and position == 0, earlier)
             runs += entries
             for entry in entries:
                 print(run_line(entry), flush=True)
