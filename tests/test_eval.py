@@ -29,6 +29,7 @@ from contrastlab.eval import (
     singular_values,
     uniformity,
 )
+from contrastlab.eval.evaluate import format_legend
 from contrastlab.eval.features import validation_split
 
 
@@ -253,9 +254,10 @@ def test_evaluate_labelled_split():
     assert diagnostics["alignment"] == pytest.approx(0.0, abs=1e-10)  # identical views
     json.dumps(results)
     table = format_results_table({"trained": results, "other": {"knn": {"accuracy": 12.5}}})
-    assert "knn/accuracy" in table and "[16 values]" in table
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
-    assert rows["knn/accuracy"][1] == "12.5" and rows["num_train"] == ["45", "-"]
+    assert rows["knn/accuracy"][1] == "12.50%" and rows["num_train"] == ["45", "-"]
+    assert rows["linear/accuracy"][0].endswith("%") and not rows["linear/weight_decay"][0].endswith("%")
+    assert "diagnostics/singular_values" not in rows and "values]" not in table  # lists stay in results.json
 
     noisy = evaluate(backbone, train, test, normalize, views=[NoisyView(normalize, 1.0)] * 2, knn_k=5,
                      weight_decays=(0.0,))
@@ -273,3 +275,17 @@ def test_evaluate_targets_split():
     assert regression["r2"]["m"] > 0.5  # brightness is a near-linear function of "m"
     json.dumps(results)
     assert "regression/r2/m" in format_results_table({"trained": results})
+
+
+def test_the_legend_explains_each_metric_shown_once_with_its_unit_and_direction():
+    results = {"num_train": 45, "knn": {"accuracy": 50.0, "k": 5},
+               "linear": {"accuracy": 60.0, "val_accuracy": 61.0, "weight_decay": 1e-3},
+               "regression": {"r2": {"m": 0.9, "n": 0.5}, "alpha": 0.1},
+               "diagnostics": {"singular_values": [1.0, 0.5], "uniformity": -1.0}, "unexplained": 3}
+    legend = dict(line.split(maxsplit=1) for line in format_legend({"trained": results, "other": results}).splitlines())
+    assert list(legend) == ["num_train", "knn/accuracy", "knn/k", "linear/accuracy", "linear/val_accuracy",
+                            "linear/weight_decay", "regression/r2/<target>", "regression/alpha",
+                            "diagnostics/uniformity"]
+    assert "%" in legend["knn/accuracy"] and "higher is better" in legend["knn/accuracy"]
+    assert "chosen by validation" in legend["linear/weight_decay"] and "not a score" in legend["regression/alpha"]
+    assert "unitless" in legend["regression/r2/<target>"] and "lower" in legend["diagnostics/uniformity"]

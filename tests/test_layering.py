@@ -19,18 +19,20 @@ PACKAGE = "contrastlab"
 # module of its own part and of the parts in lower layers, except those in NOT_BELOW; parts of
 # the same layer know nothing of each other.
 LAYERS = {
-    "contrastlab": 0,  # the package itself: its version
     "core": 0,  # config dataclasses and validation, registries, distributed primitives, optimisers
     "data": 1,  # datasets, the dataset protocol, view pipelines and their test-time perturbations
     "models": 1,  # backbones
     "losses": 1,  # loss functions of tensors
     "eval": 2,  # probes and diagnostics on features (may use data's view pipelines)
+    "export": 2,  # an exported backbone's metadata and loading it back (models' backbones, data's eval input)
     "report": 3,  # plots of a run's metrics and features
     "components": 4,  # building blocks of methods: EMA teacher, queue, shuffle-BN, heads, meta step
     "methods": 5,  # one module per registered method
     "recipes": 6,  # YAML recipe -> Config, with every registered method's config class
     "engine": 7,  # setup, trainer, checkpoints, metrics, evaluation runner, process groups, DDP
-    "cli": 8,  # entry points (``contrastlab.__main__`` belongs to cli)
+    "api": 8,  # the Python API: train / evaluate from Python, methods around one's own backbone
+    "cli": 9,  # entry points (``contrastlab.__main__`` belongs to cli)
+    "contrastlab": 10,  # the package itself: its version, and the public API imported on first use
 }
 # Lower parts a part still may not import: eval and report are libraries on features that know
 # no model, loss or method.

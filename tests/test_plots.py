@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
+from contrastlab.engine.checkpoint import load_checkpoint
+from contrastlab.engine.distributed import init_distributed
+from contrastlab.engine.evaluation import evaluate_run
+from contrastlab.engine.setup import load_data, make_backbone
+from contrastlab.engine.trainer import Trainer
+from contrastlab.eval.diagnostics import pca_projection, singular_values
+from contrastlab.eval.features import extract_features
 from contrastlab.report import plot_run, read_metrics
+from test_trainer import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,3 +100,72 @@ def test_metaug_hardness_and_generator_gradient_are_plotted(tmp_path):
     assert sorted(p.name for p in written) == ["gen_grad_norm.png", "hardness.png", "loss.png"]
     for path in written:
         assert_png(path)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """File name -> the figure ``plot_run`` saved under it."""
+    figures, save = {}, Figure.savefig
+
+    def recording_save(figure, path, **kwargs):
+        figures[Path(path).name] = figure
+        return save(figure, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_save)
+    return figures
+
+
+def projection_panels(figure):
+    """The axes of ``figure`` that show a projection (not its colorbar)."""
+    return [axes for axes in figure.axes if axes.get_xlabel() == "PC 1"]
+
+
+def test_the_random_init_baseline_is_drawn_beside_the_trained_backbone(tmp_path, saved_figures):
+    g = torch.Generator().manual_seed(2)
+    trained, baseline = torch.randn(50, 8, generator=g), torch.randn(50, 6, generator=g) * 3
+    labels = torch.arange(50) % 4
+    results = {"diagnostics": {"singular_values": [5.0, 2.0, 1.0]}}
+    baseline_results = {"diagnostics": {"singular_values": [3.0, 2.5, 2.0, 1.5]}}
+    written = plot_run(tmp_path, results, trained, labels, baseline_results=baseline_results,
+                       baseline_embeddings=baseline)
+    assert sorted(path.name for path in written) == ["embedding.png", "spectrum.png"]
+    for path in written:
+        assert_png(path)
+    lines = saved_figures["spectrum.png"].axes[0].lines
+    assert [line.get_label() for line in lines] == ["trained", "random init"]
+    assert [list(line.get_ydata()) for line in lines] == [[5.0, 2.0, 1.0], [3.0, 2.5, 2.0, 1.5]]
+    panels = projection_panels(saved_figures["embedding.png"])
+    assert [axes.get_title() for axes in panels] == ["trained: PCA of the features, coloured by label",
+                                                     "random init: PCA of the features, coloured by label"]
+    for axes, features in zip(panels, (trained, baseline)):
+        assert torch.allclose(torch.tensor(axes.collections[0].get_offsets().data).float(), pca_projection(features))
+
+    plot_run(tmp_path, results, trained, labels, baseline_embeddings=baseline)  # svm_cv columns: no spectrum
+    assert list(saved_figures["spectrum.png"].axes[0].lines[1].get_ydata()) == singular_values(baseline).tolist()
+    with pytest.raises(ValueError, match="same samples"):
+        plot_run(tmp_path, None, trained, labels, baseline_embeddings=baseline[:40])
+
+
+def test_without_a_baseline_one_spectrum_and_one_panel(tmp_path, saved_figures):
+    embeddings = torch.randn(30, 4, generator=torch.Generator().manual_seed(3))
+    plot_run(tmp_path, None, embeddings, colour_by=torch.rand(30), colour_name="m")
+    assert len(saved_figures["spectrum.png"].axes[0].lines) == 1
+    assert [axes.get_title() for axes in projection_panels(saved_figures["embedding.png"])] == \
+        ["PCA of the features, coloured by m"]
+
+
+def test_a_run_evaluated_with_the_baseline_plots_it(tmp_path, saved_figures):
+    cfg = tiny_config("train.epochs=1", "train.max_steps_per_epoch=2", "eval.at_end=false", "eval.plots=true")
+    Trainer(cfg, tmp_path, init_distributed("cpu")).fit()
+    results = evaluate_run(tmp_path, cfg, echo=False)
+    lines = saved_figures["spectrum.png"].axes[0].lines
+    assert [list(line.get_ydata()) for line in lines] == [
+        results[column]["diagnostics"]["singular_values"] for column in ("trained", "random_init")]
+    data = load_data(cfg)
+    torch.manual_seed(cfg.train.seed)  # the random-init backbone, as evaluation builds it
+    baseline = make_backbone(cfg, tuple(load_checkpoint(tmp_path)["input_shape"]))
+    features = extract_features(baseline, data.test, data.normalize)  # 128 test images: all of them plotted
+    panels = projection_panels(saved_figures["embedding.png"])
+    assert [axes.get_title().split(":")[0] for axes in panels] == ["trained", "random init"]
+    torch.testing.assert_close(torch.tensor(panels[1].collections[0].get_offsets().data).float(),
+                               pca_projection(features), atol=1e-4, rtol=1e-4)

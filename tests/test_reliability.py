@@ -206,10 +206,11 @@ def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_p
 
 
 def test_sigint_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
-    process = train_process(tmp_path, "train.epochs=50")
+    process = train_process(tmp_path, "train.epochs=1000")  # far more than can run before the signal
     deadline = time.monotonic() + 300
     while not (tmp_path / ckpt.CHECKPOINT_NAME).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     stderr = process.stderr.read()

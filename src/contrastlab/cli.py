@@ -1,11 +1,9 @@
-"""The ``contrastlab`` command: train, eval, export, list."""
+"""The ``contrastlab`` command: train, eval, export, config, list."""
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
-import time
 from pathlib import Path
 
 from contrastlab.core.config import ConfigError
@@ -40,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrastlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="pre-train an encoder, then evaluate it")
+    train = sub.add_parser("train", help="pre-train an encoder, then evaluate it",
+                           epilog="every field, its default and allowed values: contrastlab config RECIPE [overrides]")
     train.add_argument("config", nargs="?", help="YAML recipe (see configs/); omit with --resume or to start from the defaults")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
     train.add_argument("--run-dir", type=Path, help="output folder (default: runs/<recipe>-<time>)")
@@ -59,69 +58,83 @@ def _parser() -> argparse.ArgumentParser:
                         help="which backbone: student (default), or teacher (methods with an EMA teacher)")
     export.set_defaults(run=_export)
 
+    config = sub.add_parser("config", help="print a recipe's resolved config: every field's value, default, "
+                            "allowed values and help")
+    config.add_argument("config", nargs="?", help="YAML recipe (omit for the defaults)")
+    config.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. method.name=byol")
+    config.set_defaults(run=_config)
+
     listing = sub.add_parser("list", help="list methods, datasets, backbones and augmentation presets")
     listing.set_defaults(run=_list)
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
-    from contrastlab.core.distributed import broadcast_object
-    from contrastlab.engine.distributed import cleanup_distributed, init_distributed
-    from contrastlab.engine.run_folder import create_unique
-    from contrastlab.engine.evaluation import evaluate_run
-    from contrastlab.engine.trainer import RanksLost, Trainer, TrainingDiverged
+    from contrastlab.api import train
+    from contrastlab.engine.trainer import RanksLost, TrainingDiverged
 
     if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
         args.overrides.insert(0, args.config)
         args.config = None
-    if args.resume is not None:
-        if args.config is not None:
-            raise ConfigError("with --resume the run's own config.yaml is used; give only overrides")
-        cfg = load_config(args.resume / "config.yaml", args.overrides)
-        run_dir = args.resume
-    else:
-        cfg = load_config(args.config, args.overrides)  # no recipe: the defaults in config.py
-        stem = Path(args.config).stem if args.config else "defaults"
-        run_dir = args.run_dir
-    env = init_distributed(cfg.train.device, timeout=datetime.timedelta(seconds=cfg.train.dist_timeout_s))
-    if run_dir is None:  # rank 0 creates a folder no other run has; every rank uses it
-        default = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = broadcast_object(create_unique(default) if env.rank == 0 else None)
+    if args.resume is not None and args.config is not None:
+        raise ConfigError("with --resume the run's own config.yaml is used; give only overrides")
     try:
-        trainer = Trainer(cfg, run_dir, env, resume=args.resume is not None)
-        trainer.fit()
+        train(args.config, args.overrides, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
+              default_stem=None if args.config else "defaults")
     except (TrainingDiverged, RanksLost) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    finally:
-        cleanup_distributed()
-    if env.rank == 0:
-        print(f"run folder: {run_dir}")
-        if cfg.eval.at_end:
-            evaluate_run(run_dir, cfg)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from contrastlab.engine.evaluation import evaluate_run
+    from contrastlab.api import evaluate
 
-    cfg = load_config(args.run_dir / "config.yaml", args.overrides)
-    evaluate_run(args.run_dir, cfg)
+    evaluate(args.run_dir, args.overrides)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from contrastlab.engine.checkpoint import backbone_state, export_backbone, load_checkpoint
-
+    from contrastlab.export import export_metadata
     from contrastlab.methods.registry import encoder_prefix
 
     state = load_checkpoint(args.run_dir)
     cfg = state["config"]
     weights = backbone_state(state, encoder_prefix(cfg["method"]["name"], args.encoder, key="--encoder"))
-    meta = {"backbone": cfg["backbone"]["name"], "options": cfg["backbone"]["options"],
-            "input_shape": state["input_shape"], "method": cfg["method"]["name"], "encoder": args.encoder}
+    preprocessing = state["preprocessing"] if "preprocessing" in state else _recomputed_preprocessing(args.run_dir)
+    meta = export_metadata(cfg, state["input_shape"], args.encoder, preprocessing)
     out = export_backbone(weights, meta, args.out)
     print(f"wrote {out} ({len(weights)} tensors; backbone {meta['backbone']}, input {meta['input_shape']})")
+    return 0
+
+
+def _recomputed_preprocessing(run_dir: Path) -> dict:
+    """The preprocessing record of a checkpoint written before checkpoints held one: the run's
+    training data loaded again (``load_data``) for their normalisation."""
+    from contrastlab.data.eval_input import preprocessing_record
+    from contrastlab.engine.setup import load_data
+
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        data = load_data(cfg)
+    except (ConfigError, DataError, OSError) as err:
+        raise CheckpointError(
+            f"{run_dir / 'checkpoint.pt'} holds no preprocessing record (written before checkpoints kept one) and "
+            f"the run's training data could not be loaded to recompute its normalisation: {err}. Make the data "
+            f"available where {run_dir / 'config.yaml'} says (data.root), then export again") from None
+    print(f"{run_dir / 'checkpoint.pt'} holds no preprocessing record: the normalisation was recomputed from "
+          f"the training data of '{cfg.data.name}'", file=sys.stderr)
+    return preprocessing_record(data.train, data.normalize, cfg.data.image_size)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from contrastlab.core.config_help import describe
+
+    if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
+        args.overrides.insert(0, args.config)
+        args.config = None
+    print(describe(load_config(args.config, args.overrides)))
     return 0
 
 

@@ -79,22 +79,23 @@ def check_section(section: Any, prefix: str) -> None:
 class DataConfig:
     """Which dataset to train and evaluate on (see ``contrastlab list``)."""
 
-    name: str = "spirograph"
+    name: str = "spirograph"  # the dataset (contrastlab list); a Python dataset given to contrastlab.train: its name
     root: str | None = None  # folder or file; None = the dataset's default (or generated)
-    train_split: str = "train"
-    test_split: str = "test"
+    train_split: str = "train"  # the split pre-training reads
+    test_split: str = "test"  # the split the probes score on (see the README's dataset layouts)
     probe_split: str | None = None  # split the evaluation probes fit on; None = train_split
     train_size: int | None = None  # seeded subset (or number generated); None = all / default
-    test_size: int | None = None
-    seed: int = 0
+    test_size: int | None = None  # seeded subset of the test split; None = all
+    seed: int = 0  # seeds the subsets, the held-out fraction and generated data
     color_space: Literal["rgb", "lab"] = "rgb"  # lab: sRGB -> standardised CIE Lab (RGB datasets only)
     image_size: int | None = None  # image files: side of the eval input (shorter side, centre crop); None = as stored
     in_memory: bool | None = None  # image files: decode all into memory; None = auto (one size and <= 512 MiB)
     num_workers: int = 0  # DataLoader worker processes for streamed datasets (0: load in the main process)
     node_features: Literal["auto", "labels", "attributes", "both", "degree", "constant"] | None = None  # graphs (tu)
+    test_fraction: float | None = None  # hold out this seeded fraction of train_split as the test split (test_split unused)
 
     RANGES: ClassVar[dict[str, str]] = {"train_size": ">= 1", "test_size": ">= 1", "image_size": ">= 1",
-                                        "num_workers": ">= 0"}
+                                        "num_workers": ">= 0", "test_fraction": "in (0, 1)"}
 
 
 @dataclass
@@ -131,14 +132,14 @@ class AugmentConfig:
 
     preset: str = "auto"  # auto | gray-small | colour-small | gray-large | colour-large | simclr-cifar | ...
     size: int | None = None  # output size of the crop; None = the image size
-    crop_scale: tuple[float, float] | None = None
+    crop_scale: tuple[float, float] | None = None  # random resized crop: (low, high) fraction of the image area
     flip_prob: float | None = None  # horizontal flip in the crop (the gray-small preset has none)
-    jitter_strength: float | None = None
-    jitter_prob: float | None = None
-    gray_prob: float | None = None
+    jitter_strength: float | None = None  # colour jitter s: brightness/contrast/saturation 0.8 s, hue 0.2 s
+    jitter_prob: float | None = None  # probability of the colour jitter
+    gray_prob: float | None = None  # probability of converting to grayscale
     blur_prob: tuple[float, float] | None = None  # per view
     solarize_prob: tuple[float, float] | None = None  # per view
-    views: tuple[ViewConfig, ...] | None = None
+    views: tuple[ViewConfig, ...] | None = None  # explicit views [{count, size, kind, transforms}]; None = the method's
 
     RANGES: ClassVar[dict[str, str]] = {
         "size": ">= 1", "crop_scale": "in (0, 1]", "flip_prob": "in [0, 1]", "jitter_strength": ">= 0",
@@ -157,8 +158,8 @@ class AugmentConfig:
 class BackboneConfig:
     """Encoder; ``options`` go to the builder (e.g. ``cifar_stem``, ``width``, ``channels``)."""
 
-    name: str = "convnet"
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = "convnet"  # the encoder (contrastlab list)
+    options: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {width: 0.5, cifar_stem: true}
 
 
 @dataclass
@@ -167,10 +168,10 @@ class MethodConfig:
 
     RANGES: ClassVar[dict[str, str]] = {"proj_hidden_dim": ">= 1", "proj_out_dim": ">= 1", "proj_layers": ">= 1"}
 
-    name: str = "simclr"
-    proj_hidden_dim: int = 2048
-    proj_out_dim: int = 128
-    proj_layers: int = 2
+    name: str = "simclr"  # the method (contrastlab list)
+    proj_hidden_dim: int = 2048  # projection head: hidden width
+    proj_out_dim: int = 128  # projection head: output width (the loss's embedding)
+    proj_layers: int = 2  # projection head: linear layers
 
 
 @dataclass
@@ -182,18 +183,18 @@ class OptimConfig:
         "warmup_epochs": ">= 0", "min_lr": ">= 0", "grad_clip": "> 0", "milestones": ">= 0", "gamma": "> 0",
     }
 
-    name: Literal["sgd", "lars", "adam", "adamw"] = "lars"
+    name: Literal["sgd", "lars", "adam", "adamw"] = "lars"  # the optimiser
     lr: float = 0.3  # used as given: no silent rescaling by batch size
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    betas: tuple[float, float] = (0.9, 0.999)
-    lars_trust: float = 1e-3
+    momentum: float = 0.9  # sgd / lars
+    weight_decay: float = 1e-6  # L2 on the weights (lars: not on biases and norms, by default)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    lars_trust: float = 1e-3  # lars: the trust coefficient of the layer-wise rate
     lars_exclude_bias_and_norm: bool = True  # False = torchlars semantics (every tensor adapted)
-    warmup_epochs: float = 1.0
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs
+    schedule: Literal["cosine", "constant", "step"] = "cosine"  # the rate after warm-up
     min_lr: float = 0.0  # cosine: the final rate
     milestones: tuple[float, ...] = ()  # step: epochs at whose start the rate is multiplied by gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # step: the factor at each milestone
     grad_clip: float | None = None  # max global gradient norm
 
 
@@ -204,43 +205,46 @@ class TrainConfig:
         "max_steps_per_epoch": ">= 1", "dist_timeout_s": ">= 1",
     }
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split
     batch_size: int = 256  # per process
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0  # seeds the initialisation, the batches and the views
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (fp16 on old GPUs)
-    channels_last: bool = True
+    channels_last: bool = True  # image batches in channels-last memory format (faster convolutions)
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps
     online_probe: bool = True  # linear classifier on detached features when labels exist
-    sync_batchnorm: bool = False
-    progress: bool = True
+    sync_batchnorm: bool = False  # torchrun: BatchNorm statistics over every rank
+    progress: bool = True  # progress bar (plain lines without a terminal) and epoch summaries on stderr
     max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     drop_last: bool = True  # false: also train on each epoch's last, smaller batch (when it has >= 2 samples)
     dist_timeout_s: float = 1800.0  # torchrun: a rank waits at most this long for the others in a collective
+    # tensorboard and wandb need their extras: pip install contrastlab[tensorboard] / contrastlab[wandb]
+    loggers: tuple[Literal["jsonl", "csv", "tensorboard", "wandb"], ...] = ("jsonl", "csv")  # sinks; jsonl always on
+    wandb_project: str = "contrastlab"  # the W&B project of the wandb logger (WANDB_MODE=offline: no account)
 
 
 @dataclass
 class EvalConfig:
     at_end: bool = True  # evaluate when training finishes
     compare_random_init: bool = True  # also evaluate the same backbone at initialisation
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
-    ridge_alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    val_fraction: float = 0.1
+    knn_k: int = 200  # neighbours of the kNN probe (capped at the training samples, with a warning)
+    knn_temperature: float = 0.1  # kNN: the votes are weighted exp(similarity / t)
+    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)  # linear probe: chosen on a validation split
+    ridge_alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge probe: chosen on a validation split
+    val_fraction: float = 0.1  # the probes' validation share of their training features
     max_train: int | None = 20_000  # seeded subset of training features used by the probes
-    batch_size: int = 512
-    plots: bool = True
+    batch_size: int = 512  # feature extraction batch
+    plots: bool = True  # write the PNG plots into the run folder
     feature_averaging: int | None = None  # M: also evaluate features averaged over M training views
     robustness: tuple[float, ...] | None = None  # test-time nuisance strengths (probes on clean train)
     encoder: str = "student"  # which trained backbone: student, or teacher (methods with an EMA teacher)
     # auto: svm_cv for graph data, else probes (kNN / linear / ridge on the train and test splits);
     # svm_cv: RBF SVM, C by an inner grid search, outer stratified k-fold CV over probe_split
     protocol: Literal["auto", "probes", "svm_cv"] = "auto"
-    svm_folds: int = 10
-    svm_inner_folds: int = 5
-    svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    svm_folds: int = 10  # svm_cv: outer folds
+    svm_inner_folds: int = 5  # svm_cv: inner folds of the grid search over C
+    svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # svm_cv: the grid of C
 
     RANGES: ClassVar[dict[str, str]] = {
         "knn_k": ">= 1", "knn_temperature": "> 0", "weight_decays": ">= 0", "ridge_alphas": "> 0",

@@ -185,13 +185,24 @@ def decode_centre(path: str, size: int, channels: int, draft: bool = True) -> to
     ``size x size`` kept (one antialiased bilinear resize of the centred square of side
     ``min(W, H)``, so no rounding of the long side): ``(C, size, size)`` uint8."""
     with opened(path) as image:
-        width, height = image.size
-        side = min(width, height)
-        reduction = draft_reduction(image, [(side, size)]) if draft else 1
-        image = to_8bit(image, channels)
-        left, top = (width - side) / 2 / reduction, (height - side) / 2 / reduction
-        box = (left, top, left + side / reduction, top + side / reduction)
-        return to_tensor(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
+        return centre_input(image, size, channels, draft)
+
+
+def centre_input(image: Image.Image, size: int, channels: int, draft: bool = True) -> torch.Tensor:
+    """:func:`decode_centre` of an opened (or already decoded) PIL ``image``: ``(C, size, size)``
+    uint8. Draft mode applies only to a JPEG whose pixels are not decoded yet."""
+    width, height = image.size
+    reduction = draft_reduction(image, [(min(width, height), size)]) if draft else 1
+    image = to_8bit(image, channels)
+    return to_tensor(image.resize((size, size), Image.Resampling.BILINEAR, box=centre_square(width, height, reduction)))
+
+
+def centre_square(width: int, height: int, reduction: int = 1) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)`` of the centred square of side ``min(width, height)`` of a
+    ``width x height`` image, in pixels of that image decoded at ``1 / reduction`` scale."""
+    side = min(width, height)
+    left, top = (width - side) / 2 / reduction, (height - side) / 2 / reduction
+    return left, top, left + side / reduction, top + side / reduction
 
 
 def decode_crops(path: str, crops: tuple[DecodeCrop, ...], seed: int, channels: int,

@@ -20,10 +20,11 @@ def check_split(dataset: str, split: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-def require_root(dataset: str, root: str | None, default: str | None = None, what: str = "folder") -> Path:
+def require_root(dataset: str, root: str | None, default: str | None = None, what: str = "folder",
+                 hint: str = "") -> Path:
     """``root`` (or ``default`` when it is ``None``) as an existing path, else a ``DataError``.
 
-    ``what`` describes what the path should be, for the error message.
+    ``what`` describes what the path should be, ``hint`` how to get it, for the error message.
     """
     if root is None and default is None:
         raise DataError(
@@ -31,7 +32,7 @@ def require_root(dataset: str, root: str | None, default: str | None = None, wha
         )
     path = Path(root if root is not None else default).expanduser()
     if not path.exists():
-        raise DataError(f"dataset '{dataset}': {path} does not exist; expected the {what}")
+        raise DataError(f"dataset '{dataset}': {path} does not exist; expected the {what}{hint}")
     return path
 
 

@@ -20,8 +20,9 @@ def split_folder(root: Path, split: str) -> Path:
     if split == "train" and root.is_dir():
         return root
     raise DataError(
-        f"{root / split} does not exist; put the '{split}' images there "
-        f"(a folder without split subfolders only serves split 'train')"
+        f"{root / split} does not exist; put the '{split}' images there (a folder without split subfolders "
+        "only serves split 'train'), or set data.test_fraction=0.1 to hold out a seeded tenth of the training "
+        "images as the test split"
     )
 
 

@@ -62,13 +62,14 @@ def load_idx_split(folder: Path, split: str, num_classes: int) -> tuple[np.ndarr
     return images, labels
 
 
-def idx_loader(name: str, classes: tuple[str, ...], default_root: str | None) -> Callable[..., ImageData]:
-    """A registry loader for an idx-format dataset whose files lie in one folder."""
+def idx_loader(name: str, classes: tuple[str, ...], default_root: str | None, hint: str = "") -> Callable[..., ImageData]:
+    """A registry loader for an idx-format dataset whose files lie in one folder (``hint``: how
+    to get them, for the error when the folder is missing)."""
 
     def load(split: str, root: str | None = None, size: int | None = None, seed: int = 0) -> ImageData:
         check_split(name, split, tuple(SPLIT_PREFIX))
         what = "folder of idx files (train-images-idx3-ubyte, ...)"
-        folder = require_root(name, root, default_root, what=what)
+        folder = require_root(name, root, default_root, what=what, hint=hint)
         images, labels = load_idx_split(folder, split, len(classes))
         index = subset_index(len(images), size, seed)
         if index is not None:
@@ -89,4 +90,6 @@ DATASETS.register("mnist", "MNIST idx files (plain or .gz); set data.root to the
 )
 DATASETS.register(
     "fashion-mnist", "Fashion-MNIST idx files (default: Debian's dataset-fashion-mnist folder)"
-)(idx_loader("fashion-mnist", FASHION_CLASSES, default_root="/usr/share/datasets/fashion-mnist"))
+)(idx_loader("fashion-mnist", FASHION_CLASSES, default_root="/usr/share/datasets/fashion-mnist",
+              hint="; on Debian or Ubuntu, 'sudo apt-get install dataset-fashion-mnist' puts them in "
+                   "/usr/share/datasets/fashion-mnist, else set data.root to a folder of the four idx files"))

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from contrastlab.export import METADATA_KEY
+
 CHECKPOINT_NAME = "checkpoint.pt"
 TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".", ".tmp"  # atomic_write's temporaries: .<name>.<random>.tmp
 REQUIRED_KEYS = ("method", "epoch", "step", "config", "input_shape")
@@ -82,8 +84,9 @@ def backbone_state(checkpoint: dict[str, Any], prefix: str = "backbone.") -> dic
 
 
 def export_backbone(backbone_state: dict[str, torch.Tensor], meta: dict[str, Any], out: Path) -> Path:
-    """Save backbone weights as safetensors with ``meta`` (the backbone's config) as JSON metadata."""
+    """Save backbone weights as safetensors with ``meta`` (:func:`contrastlab.export.export_metadata`)
+    as JSON metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone_state.items()}
-    metadata = {"contrastlab": json.dumps(meta)}
+    metadata = {METADATA_KEY: json.dumps(meta)}
     atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return Path(out)

@@ -1,12 +1,15 @@
-"""Metrics sinks of a run folder: JSON lines, CSV and (when installed) TensorBoard."""
+"""Metrics files of a run folder: JSON lines (always), CSV, and the optional sinks of ``train.loggers``."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from contrastlab.engine.external_loggers import Sink
 
 
 def standard_json(value: Any, **kwargs: Any) -> str:
@@ -27,11 +30,13 @@ def _finite(value: Any) -> Any:
 
 class MetricsLogger:
     """Appends one JSON object per record to ``metrics.jsonl``; mirrors it to ``metrics.csv``
-    and TensorBoard. On resume, records after the checkpoint's step are dropped first, so the
-    files read as one uninterrupted run."""
+    (with ``write_csv``) and to each of ``sinks`` (TensorBoard, W&B: see
+    :func:`~contrastlab.engine.external_loggers.open_sinks`). On resume, records after the
+    checkpoint's step are dropped first, so the files read as one uninterrupted run."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True,
+                 write_csv: bool = True, sinks: Sequence[Sink] = ()) -> None:
+        self.enabled, self.write_csv, self.sinks = enabled, write_csv, list(sinks)
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
         self.records: list[dict[str, Any]] = []
@@ -44,7 +49,6 @@ class MetricsLogger:
             self.jsonl.write_text("".join(standard_json(r) + "\n" for r in self.records))
         else:
             self.jsonl.write_text("")
-        self.tensorboard = _tensorboard_writer(run_dir)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -52,34 +56,26 @@ class MetricsLogger:
         self.records.append(record)
         with self.jsonl.open("a") as f:
             f.write(standard_json(record) + "\n")
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, record.get("step", 0))
+        for sink in self.sinks:
+            sink.log(record)
 
     def flush(self) -> None:
-        """Rewrite ``metrics.csv`` with the union of all scalar keys seen (cheap: one row per
-        log); list values (per-dimension diagnostics) stay in ``metrics.jsonl`` only."""
+        """Rewrite ``metrics.csv`` (when written) with the union of all scalar keys seen (cheap:
+        one row per log; list values, per-dimension diagnostics, stay in ``metrics.jsonl`` only),
+        and flush the sinks."""
         if not self.enabled or not self.records:
             return
-        keys = list(dict.fromkeys(k for r in self.records for k, v in r.items() if not isinstance(v, list)))
-        with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.records)
-        if self.tensorboard is not None:
-            self.tensorboard.flush()
+        if self.write_csv:
+            keys = list(dict.fromkeys(k for r in self.records for k, v in r.items() if not isinstance(v, list)))
+            with self.csv.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(self.records)
+        for sink in self.sinks:
+            sink.flush()
 
     def close(self) -> None:
         self.closed = True
         self.flush()
-        if self.enabled and self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _tensorboard_writer(run_dir: Path):  # noqa: ANN202
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: pip install contrastlab[tensorboard]
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+        for sink in self.sinks:
+            sink.close()

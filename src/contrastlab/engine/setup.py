@@ -14,11 +14,14 @@ from contrastlab.core.config import Config, ConfigError, DataConfig, MethodConfi
 from contrastlab.data import DATASETS
 from contrastlab.data.augment import RandomResizedCropFlip, build_pipelines, resolve_preset
 from contrastlab.data.dataset import Dataset
+from contrastlab.data.graphs import GRAPH_KIND
 from contrastlab.data.loading import eval_batches
 from contrastlab.data.view_config import check_views
 from contrastlab.data.preprocess import LabNormalize, Normalize, channel_stats
+from contrastlab.engine.checkpoint import backbone_state
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method
+from contrastlab.methods.registry import encoder_prefix
 from contrastlab.models import build_backbone
 
 
@@ -34,6 +37,7 @@ class RunData:
     test: Dataset
     probe_train: Dataset
     normalize: Normalize
+    test_is_probe_train: bool = False  # the test split is the split the probes fit on (by name)
 
 
 # DataConfig fields passed to the loaders that take them (only when set): e.g. the folder
@@ -55,11 +59,29 @@ def load_split(d: DataConfig, split: str, size: int | None) -> Dataset:
     return load(split, root=d.root, size=size, seed=d.seed, **options)
 
 
-def load_data(cfg: Config) -> RunData:
-    """The splits of ``cfg.data`` and their normalisation (``data.color_space``)."""
+def load_data(cfg: Config, train: Dataset | None = None, test: Dataset | None = None) -> RunData:
+    """The splits of ``cfg.data`` and their normalisation (``data.color_space``).
+
+    ``train`` / ``test`` given (datasets of the protocol, e.g. a user's own wrapped in
+    :class:`~contrastlab.data.user_dataset.UserImages`) replace the splits ``data.train_split``
+    / ``data.test_split`` would load. With ``data.test_fraction`` the test split is that seeded
+    fraction (``data.seed``) of the training split, held out of training: for data without a
+    test split of its own. ``data.train_size`` / ``data.test_size`` then take seeded subsets of
+    the two parts.
+    """
     d = cfg.data
-    train = load_split(d, d.train_split, d.train_size)
-    test = load_split(d, d.test_split, d.test_size)
+    same_split = test is None and d.test_fraction is None and d.test_split == (d.probe_split or d.train_split)
+    if d.test_fraction is not None:
+        if test is not None:
+            raise ConfigError("data.test_fraction holds out part of the training data, but a test dataset was "
+                              "given too; give one or the other")
+        whole = train if train is not None else load_split(d, d.train_split, None)
+        train, test = hold_out(whole, d.test_fraction, d.seed)
+        train, test = seeded_subset(train, d.train_size, d.seed), seeded_subset(test, d.test_size, d.seed)
+    else:
+        train = train if train is not None else load_split(d, d.train_split, d.train_size)
+        if test is None:
+            test = load_split(d, d.test_split, d.test_size)
     probe_train = train
     if d.probe_split is not None and d.probe_split != d.train_split:
         probe_train = load_split(d, d.probe_split, d.train_size)
@@ -69,7 +91,44 @@ def load_data(cfg: Config) -> RunData:
                 f"data: '{d.train_split}' images have {train.shape[0]} channels but "
                 f"'{split}' images have {other.shape[0]}"
             )
-    return RunData(train, test, probe_train, make_normalize(d.color_space, train))
+    return RunData(train, test, probe_train, make_normalize(d.color_space, train), same_split)
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """``(rest, held_out)``: a seeded ``fraction`` of ``dataset`` (at least one sample, and at
+    least one left) and the rest, each in the dataset's order."""
+    n = len(dataset)
+    if n < 2:
+        raise ConfigError(f"data.test_fraction: '{dataset.name}' has {n} sample(s); holding some out needs at least 2")
+    held = min(max(1, round(fraction * n)), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(order[held:].sort().values), dataset.subset(order[:held].sort().values)
+
+
+def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """A seeded subset of ``size`` samples of ``dataset`` (all of it when ``size`` is None or
+    not smaller), in the dataset's order."""
+    if size is None or size >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(order[:size].sort().values)
+
+
+def eval_protocol(cfg: Config, data: RunData) -> str:
+    """``eval.protocol`` resolved: ``auto`` is ``svm_cv`` for graphs, else ``probes``."""
+    if cfg.eval.protocol != "auto":
+        return cfg.eval.protocol
+    return "svm_cv" if data.train.kind == GRAPH_KIND else "probes"
+
+
+def check_held_out(cfg: Config, data: RunData) -> None:
+    """Refuse probes that would score on their own training data: ``probes`` with the test split
+    the split they fit on (``svm_cv`` cross-validates, so one split is its protocol)."""
+    d = cfg.data
+    if eval_protocol(cfg, data) == "probes" and data.test_is_probe_train:
+        raise ConfigError(
+            f"data.test_split='{d.test_split}' is the split the probes fit on: they would score on their own "
+            f"training data; set data.test_fraction=0.1 to hold out part of it, or name another data.test_split")
 
 
 # Images the per-channel statistics are fitted on when the training split is not in memory.
@@ -196,6 +255,21 @@ def make_method(cfg: Config, input_shape: tuple[int, ...], train_size: int) -> M
     method = METHODS.get(cfg.method.name)(cfg.method, make_backbone(cfg, input_shape))
     method.build_encoders(lambda: make_backbone(cfg, input_shape))
     return method
+
+
+def initial_backbone(cfg: Config, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The run's backbone at initialisation: built after seeding with ``train.seed``, as the
+    trainer seeds before building its method (the random-init baseline of evaluation)."""
+    torch.manual_seed(cfg.train.seed)
+    return make_backbone(cfg, input_shape)
+
+
+def trained_backbone(state: dict[str, Any], cfg: Config, encoder: str) -> torch.nn.Module:
+    """The backbone ``encoder`` (``student`` or ``teacher``) of the checkpoint ``state``, with its
+    trained weights (built for the checkpoint's input shape)."""
+    backbone = make_backbone(cfg, tuple(state["input_shape"]))
+    backbone.load_state_dict(backbone_state(state, encoder_prefix(cfg.method.name, encoder)))
+    return backbone
 
 
 def view_shape(data: RunData, views: list) -> tuple[int, ...]:

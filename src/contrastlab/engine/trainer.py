@@ -10,20 +10,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from contrastlab.core.config import Config, ConfigError, OptimConfig, save_config
 from contrastlab.core.distributed import DistEnv, all_reduce_mean
 from contrastlab.core.optim import build_optimizer, learning_rate, optimizer_over, set_learning_rate
 from contrastlab.data.dataset import Batch, batch_to, num_classes
+from contrastlab.data.eval_input import preprocessing_record
 from contrastlab.data.loading import BatchLoader
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import maybe_sync_batchnorm, wrap_ddp
+from contrastlab.engine.external_loggers import check_installed, open_sinks
 from contrastlab.engine.metrics import MetricsLogger
+from contrastlab.engine.progress import TrainingProgress
 from contrastlab.engine.run_folder import RunFolderError, RunLock, remove_temporaries
 from contrastlab.engine.sampler import EpochBatches, epoch_generator
 from contrastlab.engine.setup import (
+    RunData,
     autocast_dtype,
+    check_held_out,
     load_data,
     make_method,
     make_views,
@@ -52,9 +56,11 @@ def lost_ranks(err: RuntimeError) -> bool:
 class Trainer:
     """Trains ``cfg.method`` on ``cfg.data``; writes everything to ``run_dir``.
 
+    ``data`` replaces the splits of ``cfg.data`` (:func:`load_data` with a user's datasets).
+
     Layout of ``run_dir``: ``config.yaml``, ``checkpoint.pt`` (every
-    ``train.checkpoint_every`` epochs and at the end), ``metrics.jsonl``, ``metrics.csv``,
-    ``tensorboard/`` (when tensorboard is installed).
+    ``train.checkpoint_every`` epochs and at the end), ``metrics.jsonl``, and as
+    ``train.loggers`` asks ``metrics.csv``, ``tensorboard/``, ``wandb/`` with ``wandb_run_id``.
 
     Batches come through the dataset protocol (:class:`BatchLoader`: in memory, or decoded in
     ``data.num_workers`` worker processes); the views are made on the training device. The
@@ -62,12 +68,13 @@ class Trainer:
     scheduled and checkpointed beside the main one.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, env: DistEnv, resume: bool = False,
+                 data: RunData | None = None) -> None:
         self.cfg, self.run_dir, self.env = cfg, Path(run_dir), env
         self.lock = RunLock(self.run_dir) if env.rank == 0 else None  # released by fit() or close()
         try:
             self._claim_folder(resume)
-            self._setup(resume)
+            self._setup(resume, data)
         except BaseException:
             self.close()
             raise
@@ -82,13 +89,16 @@ class Trainer:
         for path in remove_temporaries(self.run_dir):
             print(f"removed {path}, left by an interrupted write", file=sys.stderr)
 
-    def _setup(self, resume: bool) -> None:
+    def _setup(self, resume: bool, data: RunData | None) -> None:
         cfg, env = self.cfg, self.env
         self.device = env.device
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)
+        check_installed(cfg.train.loggers)
 
-        self.data = load_data(cfg)
+        self.data = data if data is not None else load_data(cfg)
+        if cfg.eval.at_end:  # before training, not after it: the probes must not score on their own data
+            check_held_out(cfg, self.data)
         per_rank = len(self.data.train) // env.world_size
         if per_rank == 0:
             raise ConfigError(f"data: the training split of '{cfg.data.name}' holds no samples for this process "
@@ -131,7 +141,12 @@ class Trainer:
         if env.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.logger = MetricsLogger(self.run_dir, self.step if resume else None, enabled=env.rank == 0)
+        resume_step = self.step if resume else None
+        sinks = []
+        if env.rank == 0:
+            sinks = open_sinks(cfg.train.loggers, self.run_dir, resume_step, cfg.train.wandb_project, cfg.to_dict())
+        self.logger = MetricsLogger(self.run_dir, resume_step, enabled=env.rank == 0,
+                                    write_csv="csv" in cfg.train.loggers, sinks=sinks)
 
     def _build_optimizers(self) -> dict[str, tuple[torch.optim.Optimizer, OptimConfig]]:
         """The main optimiser (``optim``) over every trainable parameter that is neither an
@@ -152,6 +167,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def fit(self) -> None:
+        self.progress = TrainingProgress(self.cfg.train.epochs, self.steps_per_epoch, self.step,
+                                         enabled=self.cfg.train.progress and self.env.rank == 0)
         try:
             for epoch in range(self.start_epoch, self.cfg.train.epochs):
                 self._train_epoch(epoch)
@@ -167,6 +184,7 @@ class Trainer:
                 f"Resume with 'contrastlab train --resume {self.run_dir}' ({self._kept_checkpoint()})."
             ) from None
         finally:
+            self.progress.close()
             self.close()
 
     def _kept_checkpoint(self) -> str:
@@ -186,18 +204,13 @@ class Trainer:
         self.batches.set_epoch(epoch)
         generator = epoch_generator(cfg.seed, epoch, 1 + self.env.rank)
         self.model.train()
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress or self.env.rank != 0,
-            dynamic_ncols=True,
-        )
+        self.progress.begin_epoch(epoch)
         window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
-        window_skipped, epoch_losses = None, []
+        window_skipped, epoch_losses, epoch_correct, epoch_probed = None, [], 0, 0
         for i, batch in enumerate(self.loader):
             batch_size = len(batch["index"])
             out = self._step(batch_to(batch, self.device, non_blocking=True), generator)
-            bar.update()
+            self.progress.advance(batch_size * self.env.world_size)
             if "skipped" in out:  # the method can skip batches: count them per window
                 window_skipped = (window_skipped or 0) + out["skipped"]
             if not out.get("skipped"):
@@ -207,6 +220,7 @@ class Trainer:
             window_images += batch_size * self.env.world_size
             if "probe_correct" in out:
                 window_correct.append(out["probe_correct"])
+                epoch_correct, epoch_probed = epoch_correct + out["probe_correct"], epoch_probed + batch_size
             if self.step % cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
                 elapsed = time.perf_counter() - window_start
                 record = {
@@ -225,13 +239,13 @@ class Trainer:
                     record["skipped_steps"] = window_skipped
                 record.update(out["extra"])
                 self.logger.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                self.progress.logged(record)
                 window_start, window_images, window_loss, window_correct = time.perf_counter(), 0, [], []
                 window_skipped = None if window_skipped is None else 0
-        bar.close()
         epoch_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
         self.logger.log({"step": self.step, "epoch": epoch + 1, "epoch_loss": epoch_loss})
         self.logger.flush()
+        self.progress.end_epoch(epoch_loss, 100.0 * epoch_correct / epoch_probed if epoch_probed else None)
 
     def _step(self, batch: Batch, generator: torch.Generator) -> dict:
         """One optimisation step; returns the loss, the probe's correct count and extra scalars."""
@@ -310,6 +324,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "input_shape": list(self.input_shape),
+            "preprocessing": preprocessing_record(self.data.train, self.data.normalize, self.cfg.data.image_size),
         }
         if self.probe is not None:
             state["probe"] = self.probe.state_dict()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -12,6 +12,15 @@ from contrastlab.data.base import ImageData
 from contrastlab.data.dataset import Dataset
 from contrastlab.data.loading import eval_batches
 from contrastlab.data.preprocess import Normalize
+
+# A long computation's phases: ``with phase("features of the test split (360 samples)"): ...``
+# (e.g. :meth:`contrastlab.engine.progress.PhaseLog.phase` prints each with its time).
+Phase = Callable[[str], AbstractContextManager]
+
+
+def quiet_phase(what: str) -> AbstractContextManager:
+    """The :data:`Phase` that reports nothing."""
+    return nullcontext()
 
 
 @contextmanager

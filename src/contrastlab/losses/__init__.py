@@ -1,4 +1,5 @@
-"""Losses: pure functions of tensors, no trainer state."""
+"""Losses: pure functions of tensors, no trainer state; the batch losses also as ``nn.Module``s
+(:mod:`contrastlab.losses.modules`)."""
 
 from contrastlab.losses.auc import AUC_MODES, ascent, auc_loss, auc_pairs
 from contrastlab.losses.barlow import barlow_twins_loss, cross_correlation
@@ -20,10 +21,13 @@ from contrastlab.losses.infonce import nt_xent
 from contrastlab.losses.margin import MARGIN_TYPES, margin_injection
 from contrastlab.losses.isd import similarity_distillation
 from contrastlab.losses.mmcl import KERNELS, SOLVERS, KernelSpec, SolverSpec, mmcl_loss
+from contrastlab.losses.modules import BarlowTwinsLoss, BYOLLoss, MMCLLoss, NTXentLoss
 from contrastlab.losses.oucl import oucl
 
 __all__ = [
     "AUC_MODES",
+    "BYOLLoss",
+    "BarlowTwinsLoss",
     "Hallucinated",
     "KERNELS",
     "KMeansResult",
@@ -35,6 +39,8 @@ __all__ = [
     "KernelSpec",
     "SolverSpec",
     "MARGIN_TYPES",
+    "MMCLLoss",
+    "NTXentLoss",
     "barlow_twins_loss",
     "batch_pairs",
     "byol_loss",

@@ -34,12 +34,12 @@ OFFICIAL_A, OFFICIAL_ALPHA = 10.0, 1.0
 class AUCCLConfig(MethodConfig):
     RANGES: ClassVar[dict[str, str]] = {"margin": ">= 0", "auc_lr": "> 0", "init_alpha": ">= 0"}
 
-    mode: Literal["paper", "official"] = "paper"
+    mode: Literal["paper", "official"] = "paper"  # paper: a, b, alpha learned; official: the CIFAR code's a = 10, alpha = 1
     margin: float = 1.0  # paper: m (scores lie in [0, 1])
     auc_lr: float = 0.01  # paper: the learning rate of a, b and alpha
     init_a: float = 1.0  # paper: the positives' score mean starts at 1 ...
     init_b: float = 0.0  # ... the negatives' at 0 (official: b starts at 0 too)
-    init_alpha: float = 1.0
+    init_alpha: float = 1.0  # the dual alpha's starting value
 
 
 @METHODS.register("auccl", "AUC-CL: a square-loss AUC surrogate on pair scores, batch-size robust (Sharma et al., 2024)")

@@ -29,9 +29,9 @@ class BYOLConfig(MethodConfig):
 
     proj_hidden_dim: int = 4096
     proj_out_dim: int = 256
-    pred_hidden_dim: int = 4096
+    pred_hidden_dim: int = 4096  # predictor: hidden width
     base_momentum: float = 0.996  # cosine schedule from base to final over training
-    final_momentum: float = 1.0
+    final_momentum: float = 1.0  # the EMA momentum at the end of training (cosine from base_momentum)
     symmetric: bool = True  # false: teacher on view 0 (weak), student on view 1 (strong)
 
 

@@ -41,8 +41,8 @@ class GraphCLConfig(MethodConfig):
 
     proj_hidden_dim: int | None = None  # None: the backbone's width (GraphCL: 96)
     proj_out_dim: int | None = None  # None: the backbone's width
-    temperature: float = 0.2
-    objective: Literal["original_vs_view", "two_views"] = "original_vs_view"
+    temperature: float = 0.2  # t of the contrastive loss
+    objective: Literal["original_vs_view", "two_views"] = "original_vs_view"  # official TU form, or the paper's NT-Xent of two views
 
 
 @METHODS.register("graphcl", "GraphCL: a graph against its augmented view (You et al., 2020); control-based views: CGCL")

@@ -56,7 +56,7 @@ class HaLPConfig(MoCoConfig):
     lambda_max: float = 0.8  # hardness: lambda ~ U(0, lambda_max), t = (1 - lambda) t_max; 1000: t_max - 0.01
     halp_weight: float = 1.0  # mu (2 on NTU, 1 on PKU-MMD in the paper's scripts)
     kmeans_tol: float = 1e-3  # stop when no centroid moves more than this
-    kmeans_iterations: int = 100
+    kmeans_iterations: int = 100  # spherical k-means: iteration cap per refresh
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)

@@ -51,10 +51,10 @@ class ISDConfig(MethodConfig):
     proj_hidden_dim: int = 4096  # projection (when projection): out_dim -> proj_hidden_dim -> proj_out_dim
     proj_out_dim: int = 512
     pred_hidden_dim: int = 512  # predictor: embedding -> pred_hidden_dim -> embedding
-    teacher_temperature: float = 0.02
-    student_temperature: float = 0.02
+    teacher_temperature: float = 0.02  # softens the teacher's similarities to the bank
+    student_temperature: float = 0.02  # softens the student's similarities to the bank
     queue_size: int = 128_000  # lowered to the training-set size when larger (engine.setup)
-    base_momentum: float = 0.999
+    base_momentum: float = 0.999  # the EMA teacher's momentum
     final_momentum: float = 0.999  # > base_momentum: cosine schedule towards it
     bn_guard: Literal["shuffle", "none"] = "shuffle"  # or none + train.sync_batchnorm=true
     bn_splits: int = 2  # one process: shuffled chunks for the teacher's BatchNorm

@@ -93,14 +93,14 @@ class MetaMaskConfig(MethodConfig):
     proj_layers: int = 3
     lambd: float = 5e-3  # weight of the off-diagonal Barlow Twins terms
     cl_hidden_dim: int = 2048  # contrastive head: D -> 2048 (BN, ReLU) -> 256 (BN)
-    cl_out_dim: int = 256
+    cl_out_dim: int = 256  # the SimCLR branch's projection width
     temperature: float = 0.07  # NT-Xent temperature (hard-coded in the reference)
-    bt_weight: float = 1.0
-    cl_weight: float = 10.0
+    bt_weight: float = 1.0  # weight of the Barlow Twins term
+    cl_weight: float = 10.0  # weight of the masked SimCLR term
     mask_activation: MaskActivation = "sigmoid"  # sigmoid: M = sigmoid(m), m = 0; none: M = m = 1
     mask_lr: float = 1e-3  # scaled by the trainer's schedule (lr / base lr)
-    mask_momentum: float = 0.9
-    mask_weight_decay: float = 5e-4
+    mask_momentum: float = 0.9  # the mask's SGD momentum
+    mask_weight_decay: float = 5e-4  # the mask's SGD weight decay
     meta_order: MetaMaskOrder = "second"  # none: no meta step, the mask keeps its initial value
     second_order: SecondOrder = "jvp"  # how the exact order gets the mixed term: jvp | unrolled
     meta_every: int = 1  # one meta step every this many training steps

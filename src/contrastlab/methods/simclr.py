@@ -62,25 +62,25 @@ class ContrastiveConfig(MethodConfig):
     }
     BATCH_NEGATIVES: ClassVar[tuple[str, ...]] = ("mmcl", "difficulty")  # losses on the batch's own negatives
 
-    temperature: float = 0.5
-    loss: Literal["infonce", "dcl", "hcl", "decoupled", "mmcl", "difficulty"] = "infonce"
+    temperature: float = 0.5  # t of the contrastive loss
+    loss: Literal["infonce", "dcl", "hcl", "decoupled", "mmcl", "difficulty"] = "infonce"  # how negatives count (README: Negatives)
     tau_plus: float = 0.1  # DCL/HCL/difficulty class prior
     beta: float = 1.0  # HCL concentration (0 = DCL)
     vmf_sigma: float | None = None  # decoupled: the von Mises-Fisher weighting of DCLW (0.5 in its paper)
-    svm_kernel: Literal["rbf", "linear", "poly", "tanh"] = "rbf"
+    svm_kernel: Literal["rbf", "linear", "poly", "tanh"] = "rbf"  # mmcl: the SVM kernel
     svm_sigma: float = 10.0  # rbf: exp(-|u - v|^2 / sigma), sigma a divisor (the official code's "gamma")
     svm_sigma_milestones: tuple[int, ...] = ()  # epochs at whose start sigma is multiplied by svm_sigma_gamma
-    svm_sigma_gamma: float = 0.1
+    svm_sigma_gamma: float = 0.1  # mmcl: factor on svm_sigma at each milestone
     svm_degree: int = 3  # poly: (u.v + svm_offset)^svm_degree
     svm_offset: float = 0.5  # poly and tanh: tanh(u.v + svm_offset)
     svm_c: float = -1.0  # box bound of the duals; -1: unbounded
-    svm_ridge: float = 0.1
-    svm_solver: Literal["pgd", "inverse"] = "pgd"
+    svm_ridge: float = 0.1  # mmcl: ridge r added to the QP's diagonal
+    svm_solver: Literal["pgd", "inverse"] = "pgd"  # mmcl: projected gradient, or the closed form (one batched solve)
     svm_step: Literal["fixed", "frobenius"] = "fixed"  # pgd: svm_eta, or 1 / |Q|_F per anchor
-    svm_eta: float = 1e-3
-    svm_momentum: Literal["nesterov", "none"] = "nesterov"
-    svm_max_iter: int = 1000
-    svm_tol: float = 1e-2
+    svm_eta: float = 1e-3  # mmcl pgd: the fixed step
+    svm_momentum: Literal["nesterov", "none"] = "nesterov"  # mmcl pgd: FISTA momentum, or none
+    svm_max_iter: int = 1000  # mmcl pgd: iteration cap
+    svm_tol: float = 1e-2  # mmcl pgd: stopping tolerance
     svm_stop: Literal["batch", "anchor"] = "batch"  # batch: the official code's batch-global rule
     svm_dtype: Literal["float32", "float64"] = "float32"  # the solver's precision, whatever the autocast
     biased_lr_scale: float = 10.0  # difficulty: the biased encoder's lr / the main lr (the CIFAR recipe's 10x)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from contrastlab.eval.diagnostics import pca_projection, singular_values
 
 MAX_LEGEND_CLASSES = 20
+TRAINED, RANDOM_INIT = "trained", "random init"  # the labels of a run's backbone and its baseline
 # Scalar metrics drawn against the step when a run logged them: (key in metrics.jsonl, label).
 CURVES = (
     ("loss", "training loss"),
@@ -61,6 +62,8 @@ def plot_run(
     embeddings: torch.Tensor | None = None,
     colour_by: torch.Tensor | None = None,
     colour_name: str = "label",
+    baseline_results: dict | None = None,
+    baseline_embeddings: torch.Tensor | None = None,
 ) -> list[Path]:
     """Write the plots the inputs allow into ``run_dir`` and return their paths.
 
@@ -71,9 +74,12 @@ def plot_run(
     - ``mask.png``: the per-dimension ``mask_values`` records (MetaMask) as a heat map of
       dimension x step;
     - ``spectrum.png``: ``results["diagnostics"]["singular_values"]``, else the spectrum of
-      ``embeddings``;
+      ``embeddings``; on the same axes the random-init baseline's, from ``baseline_results``
+      (its column of ``results.json``) or ``baseline_embeddings``, when given;
     - ``embedding.png``: ``embeddings``: ``(N, D)`` projected on their top two principal axes,
-      coloured by ``colour_by``: ``(N,)`` (integer = categories, float = colormap + colorbar).
+      coloured by ``colour_by``: ``(N,)`` (integer = categories, float = colormap + colorbar);
+      with ``baseline_embeddings``: ``(N, D')`` (the random-init backbone's features of the same
+      samples), its own projection in a second panel on the right.
     """
     run_dir = Path(run_dir)
     written = []
@@ -89,18 +95,28 @@ def plot_run(
     masks = [(r["step"], r["mask_values"]) for r in records if "step" in r and isinstance(r.get("mask_values"), list)]
     if masks:
         written.append(_save_mask(run_dir / "mask.png", masks))
-    spectrum = (results or {}).get("diagnostics", {}).get("singular_values")
-    if spectrum is None and embeddings is not None:
-        spectrum = singular_values(embeddings).tolist()
-    if spectrum:
-        written.append(_save_spectrum(run_dir / "spectrum.png", spectrum))
+    spectra = {label: _spectrum(column, features) for label, column, features in (
+        (TRAINED, results, embeddings), (RANDOM_INIT, baseline_results, baseline_embeddings))}
+    if spectra[TRAINED]:
+        written.append(_save_spectrum(run_dir / "spectrum.png", {k: v for k, v in spectra.items() if v}))
     if embeddings is not None:
-        written.append(_save_embedding(run_dir / "embedding.png", embeddings, colour_by, colour_name))
+        panels = {TRAINED: embeddings}
+        if baseline_embeddings is not None:
+            panels[RANDOM_INIT] = baseline_embeddings
+        written.append(_save_embedding(run_dir / "embedding.png", panels, colour_by, colour_name))
     return written
 
 
-def _new_figure() -> Figure:
-    figure = Figure(figsize=(6, 4.5), layout="constrained")
+def _spectrum(results: dict | None, embeddings: torch.Tensor | None) -> list[float] | None:
+    """``results["diagnostics"]["singular_values"]``, else the spectrum of ``embeddings``, else ``None``."""
+    spectrum = (results or {}).get("diagnostics", {}).get("singular_values")
+    if spectrum is None and embeddings is not None:
+        spectrum = singular_values(embeddings).tolist()
+    return spectrum
+
+
+def _new_figure(width: float = 6) -> Figure:
+    figure = Figure(figsize=(width, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -141,41 +157,46 @@ def _save_mask(path: Path, masks: list[tuple[float, list[float]]]) -> Path:
     return path
 
 
-def _save_spectrum(path: Path, spectrum: list[float]) -> Path:
+def _save_spectrum(path: Path, spectra: dict[str, list[float]]) -> Path:
+    """One line per backbone (label -> its singular values, largest first); a legend when there are several."""
     figure = _new_figure()
     axes = figure.add_subplot()
-    axes.plot(range(1, len(spectrum) + 1), spectrum, marker=".", markersize=3)
+    for label, spectrum in spectra.items():
+        axes.plot(range(1, len(spectrum) + 1), spectrum, marker=".", markersize=3, label=label)
     axes.set_yscale("log")
-    axes.set(xlabel="index", ylabel="singular value", title="singular values of the centred features")
+    axes.set(xlabel="index", ylabel="singular value", title="singular values of the centred test features")
+    if len(spectra) > 1:
+        axes.legend()
     axes.grid(alpha=0.3, which="both")
     figure.savefig(path, dpi=120)
     return path
 
 
 def _save_embedding(
-    path: Path, embeddings: torch.Tensor, colour_by: torch.Tensor | None, colour_name: str
+    path: Path, panels: dict[str, torch.Tensor], colour_by: torch.Tensor | None, colour_name: str
 ) -> Path:
-    if colour_by is not None and colour_by.shape != (len(embeddings),):
-        raise ValueError(
-            f"colour_by must have shape ({len(embeddings)},) like the embeddings, got {tuple(colour_by.shape)}"
-        )
-    xy = pca_projection(embeddings).numpy()
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    axes.set(xlabel="PC 1", ylabel="PC 2", title=f"PCA of the features, coloured by {colour_name}")
-    if colour_by is None:
-        axes.scatter(xy[:, 0], xy[:, 1], s=4)
-    elif colour_by.is_floating_point():
-        points = axes.scatter(xy[:, 0], xy[:, 1], s=4, c=colour_by.numpy(), cmap="viridis")
-        figure.colorbar(points, ax=axes, label=colour_name)
-    else:
-        categories = colour_by.unique()
-        cmap = "tab10" if len(categories) <= 10 else "tab20"
-        points = axes.scatter(xy[:, 0], xy[:, 1], s=4, c=colour_by.numpy(), cmap=cmap)
-        if len(categories) <= MAX_LEGEND_CLASSES:
-            handles, labels = points.legend_elements()
-            axes.legend(handles, labels, title=colour_name, fontsize="small", markerscale=0.8)
-        else:
-            figure.colorbar(points, ax=axes, label=colour_name)
+    """One panel per backbone (label -> ``(N, D)`` features of the same N samples), side by
+    side, each projected on its own top two principal axes, all coloured by ``colour_by``."""
+    rows = {label: len(embeddings) for label, embeddings in panels.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"the panels' embeddings must be of the same samples, got rows {rows}")
+    n = next(iter(rows.values()))
+    if colour_by is not None and colour_by.shape != (n,):
+        raise ValueError(f"colour_by must have shape ({n},) like the embeddings, got {tuple(colour_by.shape)}")
+    figure = _new_figure(width=6 + 4.5 * (len(panels) - 1))
+    all_axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    categorical = colour_by is not None and not colour_by.is_floating_point()
+    cmap = "viridis" if not categorical else "tab10" if len(colour_by.unique()) <= 10 else "tab20"
+    for axes, (label, embeddings) in zip(all_axes, panels.items()):
+        xy = pca_projection(embeddings).numpy()
+        title = "PCA of the features" if len(panels) == 1 else f"{label}: PCA of the features"
+        axes.set(xlabel="PC 1", ylabel="PC 2", title=f"{title}, coloured by {colour_name}")
+        colours = None if colour_by is None else colour_by.numpy()
+        points = axes.scatter(xy[:, 0], xy[:, 1], s=4, c=colours, cmap=None if colour_by is None else cmap)
+    if categorical and len(colour_by.unique()) <= MAX_LEGEND_CLASSES:
+        handles, labels = points.legend_elements()
+        all_axes[-1].legend(handles, labels, title=colour_name, fontsize="small", markerscale=0.8)
+    elif colour_by is not None:
+        figure.colorbar(points, ax=list(all_axes), label=colour_name)
     figure.savefig(path, dpi=120)
     return path
