@@ -134,3 +134,16 @@ def test_unlabelled_data_trains_and_evaluates_without_labels(tmp_path):
     results = evaluate_run(tmp_path / "run", cfg, echo=False)
     assert "knn" not in results["trained"] and "linear" not in results["trained"]
     assert results["trained"]["diagnostics"]["effective_rank"] > 1
+
+
+def test_auto_precision_takes_bf16_only_on_a_cpu_that_computes_it(monkeypatch):
+    import contrastlab.engine.setup as setup
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: True)
+    assert setup.autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: False)
+    assert setup.autocast_dtype("auto", cpu) is None
+    with pytest.warns(UserWarning, match="without native bf16"):
+        assert setup.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert setup.autocast_dtype("fp32", cpu) is None

@@ -209,7 +209,7 @@ class TrainConfig:
     batch_size: int = 256  # per process
     seed: int = 0  # seeds the initialisation, the batches and the views
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (fp16 on old GPUs)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs (fp16 on old ones) and on CPUs with native bf16, else fp32
     channels_last: bool = True  # image batches in channels-last memory format (faster convolutions)
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps

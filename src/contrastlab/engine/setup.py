@@ -293,12 +293,32 @@ def resolve_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), oneDNN's own check.
+
+    Without it, bf16 convolutions are emulated: measured on a 2-core AMD EPYC (AVX2 only), a
+    MoCo step of the gray-small ConvNet ran at 31 images/s under bf16 autocast and 390 in fp32
+    (one thread); on CPUs with it, bf16 with channels-last is about 2.5x faster than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` on ``device`` (``None`` = fp32)."""
+    """The autocast dtype for ``train.precision`` on ``device`` (``None`` = fp32).
+
+    ``auto``: on CUDA bf16 (fp16 where the GPU has no bf16); on a CPU bf16 where it computes
+    bf16 natively (:func:`cpu_computes_bf16`), else fp32. ``bf16`` asked for on a CPU without it
+    is kept, with a warning that it is slower there."""
     if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_computes_bf16() else None
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
+        warnings.warn("train.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): emulated, it runs "
+                      "several times slower than fp32 here; train.precision=auto picks fp32 on such a CPU",
+                      stacklevel=2)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
