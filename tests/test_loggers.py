@@ -99,7 +99,9 @@ def test_wandb_offline_run_holds_the_metrics_and_a_resumed_run_keeps_its_id(tmp_
     parts = sorted((run / "wandb").glob("offline-run-*"))
     assert len(parts) == 2 and all(part.name.endswith(f"-{run_id}") for part in parts)
     history = {step: row for part in parts for step, row in wandb_history(part).items()}
-    assert {step: row["loss"] for step, row in history.items()} == pytest.approx(losses(run))
+    logged = {step: row["loss"] for step, row in history.items()}
+    assert logged == pytest.approx(losses(run)), (f"W&B {logged}; metrics.jsonl {(run / 'metrics.jsonl').read_text()}; "
+                                                   f"parts {[p.name for p in parts]}")
     assert list(history) == [1, 2, 3, 4] and history[4]["epoch"] == 2
 
 
