@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from contrastlab.core.config import Config, ConfigError, check_section
+from contrastlab.core.config import Config, ConfigError
 from contrastlab.core.distributed import broadcast_object
 from contrastlab.data.dataset import Dataset
 from contrastlab.data.user_dataset import UserImages
@@ -126,12 +126,11 @@ def build_method(name: str, backbone: nn.Module, input_shape: tuple[int, ...] | 
         method_class = METHODS.get(name)
     except KeyError as err:
         raise ConfigError(f"method: {err.args[0]}") from None
-    known = {f for f in method_class.Config.__dataclass_fields__ if f != "name"}
+    known = {f.name for f in dataclasses.fields(method_class.Config)} - {"name"}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"method '{name}' has no field(s) {', '.join(unknown)}; its fields: {', '.join(sorted(known))}")
-    cfg = method_class.Config(name=name, **fields)
-    check_section(cfg, "method")
+    cfg = method_class.Config(name=name, **fields)  # checked by the method, as a recipe's section is
     backbone = as_backbone(backbone, input_shape)
     method = method_class(cfg, backbone)
     method.build_encoders(lambda: _fresh_copy(backbone))

@@ -69,13 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides_only(args: argparse.Namespace) -> None:
+    """A first positional ``a.b=value`` is an override, not a recipe: no recipe was given."""
+    if args.config is not None and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
 def _train(args: argparse.Namespace) -> int:
     from contrastlab.api import train
     from contrastlab.engine.trainer import RanksLost, TrainingDiverged
 
-    if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
+    _overrides_only(args)
     if args.resume is not None and args.config is not None:
         raise ConfigError("with --resume the run's own config.yaml is used; give only overrides")
     try:
@@ -131,9 +136,7 @@ def _recomputed_preprocessing(run_dir: Path) -> dict:
 def _config(args: argparse.Namespace) -> int:
     from contrastlab.core.config_help import describe
 
-    if args.config is not None and "=" in args.config:  # no recipe: only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
+    _overrides_only(args)
     print(describe(load_config(args.config, args.overrides)))
     return 0
 
