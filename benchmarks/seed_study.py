@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from contrastlab.bench.cells import median_speed, scores
+from contrastlab.bench.suite import UNTRAINED  # the row of --untrained: the first arm's backbone at initialisation
 from contrastlab.core.config import ConfigError
 from contrastlab.recipes import load_config
 from methods import CHILD, ROOT, RUNS
@@ -60,7 +62,6 @@ METRICS = [("knn", "kNN top-1 %", ".2f", True), ("linear", "linear top-1 %", ".2
            ("svm", "SVM 10-fold %", ".2f", True),
            ("r2_mean", "R² (mean)", ".3f", True), ("mse_mean", "MSE (mean)", ".4f", False),
            ("rank", "rank (effective)", ".1f", True)]
-UNTRAINED = "untrained"  # the row of --untrained: the first arm's backbone at initialisation
 
 
 @dataclass(frozen=True)
@@ -96,31 +97,6 @@ def parse_arm(text: str, common: list[str]) -> Arm:
     except ConfigError as err:
         raise SystemExit(f"arm '{text}': {err}") from None
     return Arm(name, Path(recipe).resolve(), tuple(overrides))
-
-
-def median_speed(run_dir: Path) -> float | None:
-    """Median images/s over the logged training windows, the warm-up window dropped if others exist."""
-    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
-    return statistics.median(speeds[1:] or speeds) if speeds else None
-
-
-def scores(trained: dict, where: Path) -> dict:
-    """The study's numbers from the ``trained`` column of a results.json."""
-    out = {}
-    if "knn" in trained:
-        out["knn"], out["linear"] = trained["knn"]["accuracy"], trained["linear"]["accuracy"]
-    if "svm" in trained:  # eval.protocol=svm_cv (graphs)
-        out["svm"] = trained["svm"]["accuracy"]
-    if "regression" in trained:
-        regression = trained["regression"]
-        out.update(r2_mean=regression["r2_mean"], mse_mean=regression["mse_mean"],
-                   r2=regression["r2"], mse=regression["mse"])
-    if not out:
-        raise SystemExit(f"{where}: the results hold neither knn/linear, svm nor regression")
-    if "diagnostics" in trained:
-        out["rank"] = trained["diagnostics"]["effective_rank"]
-    return out
 
 
 def train(arm: Arm, seed: int, overrides: list[str], run_dir: Path) -> dict:

@@ -31,8 +31,9 @@ LAYERS = {
     "recipes": 6,  # YAML recipe -> Config, with every registered method's config class
     "engine": 7,  # setup, trainer, checkpoints, metrics, evaluation runner, process groups, DDP
     "api": 8,  # the Python API: train / evaluate from Python, methods around one's own backbone
-    "cli": 9,  # entry points (``contrastlab.__main__`` belongs to cli)
-    "contrastlab": 10,  # the package itself: its version, and the public API imported on first use
+    "bench": 9,  # benchmark suites: cells run as training processes, FLOPs and MFU, the report
+    "cli": 10,  # entry points (``contrastlab.__main__`` belongs to cli)
+    "contrastlab": 11,  # the package itself: its version, and the public API imported on first use
 }
 # Lower parts a part still may not import: eval and report are libraries on features that know
 # no model, loss or method.

@@ -1,4 +1,4 @@
-"""The ``contrastlab`` command: train, eval, export, config, list."""
+"""The ``contrastlab`` command: train, eval, export, config, list, bench."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("config", nargs="?", help="YAML recipe (omit for the defaults)")
     config.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. method.name=byol")
     config.set_defaults(run=_config)
+
+    bench = sub.add_parser("bench", help="run a benchmark suite (methods x datasets x seeds) and write its report",
+                           epilog="suites: benchmarks/suites/*.yaml; finished cells are read, not re-run")
+    bench.add_argument("suite", type=Path, help="the suite's YAML file")
+    bench.add_argument("--out", type=Path, help="report and run folders (default: the suite's path without .yaml)")
+    bench.add_argument("--fresh", action="store_true", help="re-run every cell, even finished ones")
+    bench.set_defaults(run=_bench)
 
     listing = sub.add_parser("list", help="list methods, datasets, backbones and augmentation presets")
     listing.set_defaults(run=_list)
@@ -139,6 +146,13 @@ def _config(args: argparse.Namespace) -> int:
     _overrides_only(args)
     print(describe(load_config(args.config, args.overrides)))
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from contrastlab.bench.runner import run_suite
+
+    command = "contrastlab bench " + " ".join([str(args.suite), *(["--out", str(args.out)] if args.out else [])])
+    return 1 if run_suite(args.suite, args.out, resume=not args.fresh, command=command) else 0
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -187,6 +187,15 @@ class Trainer:
             self.progress.close()
             self.close()
 
+    def train_steps(self, count: int) -> None:
+        """``count`` optimisation steps on the first batches of the first epoch, without logging
+        or checkpoints: for measurements (the bench counts one step's FLOPs this way)."""
+        self.batches.set_epoch(0)
+        generator = epoch_generator(self.cfg.train.seed, 0, 1 + self.env.rank)
+        self.model.train()
+        for _, batch in zip(range(count), self.loader):
+            self._step(batch_to(batch, self.device, non_blocking=True), generator)
+
     def _kept_checkpoint(self) -> str:
         """Where a stopped run can resume from, for its error message."""
         saved = self.run_dir / ckpt.CHECKPOINT_NAME
