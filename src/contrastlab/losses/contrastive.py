@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from contrastlab.core.distributed import gather_with_grad, rank_and_world
@@ -25,7 +26,43 @@ def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.
     """
     _check(pos, neg, temperature)
     logits = torch.cat([pos[:, None], neg], dim=1) / temperature
-    return (logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    return cross_entropy(logits, torch.zeros_like(pos, dtype=torch.long))
+
+
+def batch_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``info_nce(*batch_pairs(z1, z2), temperature)`` without building ``pos`` and ``neg``: the
+    cross-entropy of the full rows of :func:`batch_similarities` over ``t`` (each anchor's
+    self-similarity at ``-inf``) with its positive's column as the target.
+
+    Args:
+        z1, z2: ``(B, D)`` projections of the two views (normalised here); temperature: ``t > 0``.
+    Returns:
+        The mean over the ``2B`` local anchors, a scalar in at least float32.
+    """
+    _check_temperature(temperature)
+    logits, _, positive_index = batch_similarities(z1, z2, temperature, mask_self=True)
+    return cross_entropy(logits, positive_index)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_a (logsumexp_k logits_ak - logits_a,target_a)``, in at least float32; ``-inf``
+    logits drop out of the sum.
+
+    torch's fused ``F.cross_entropy`` (one pass, no gather), except where ``logits`` carries a
+    forward-mode tangent (``forward_ad.unpack_dual(logits).tangent``, under ``dual_level`` as
+    well as ``torch.func.jvp``): torch's forward-mode formula of the fused op cannot itself be
+    back-propagated (:mod:`contrastlab.losses.logsumexp`), which the meta-learning methods'
+    ``second_order="jvp"`` needs, so there the composite log-sum-exp is used. The check is on
+    the tensor, not on whether a dual level is open: the loss has no parameters, so a tangent
+    can only arrive through ``logits``, and tensors without one keep the fast path.
+
+    Args:
+        logits: ``(N, C)``; target: ``(N,)`` int64 column indices.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if fwAD.unpack_dual(logits).tangent is None:
+        return F.cross_entropy(logits, target)
+    return (logsumexp(logits, dim=1) - logits.gather(1, target[:, None]).squeeze(1)).mean()
 
 
 def hard_negative_log_weights(neg: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
@@ -122,15 +159,23 @@ def contrastive_loss(pos: torch.Tensor, neg: torch.Tensor, temperature: float, k
     raise ValueError(f"unknown contrastive loss '{kind}'; expected one of {', '.join(LOSS_KINDS)}")
 
 
-def batch_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimCLR's 2B-batch convention: ``pos: (2B,)``, ``neg: (2B, 2N - 2)``.
+def batch_similarities(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0,
+                       mask_self: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimCLR's 2B-batch similarities (over ``temperature``), in at least float32 whatever the
+    autocast.
 
-    Each of the 2B local embeddings is an anchor; its positive is the other view of the same
-    image; its negatives are every other embedding of the global batch (``N = world * B``,
-    gathered with gradients from all ranks) except itself and its positive.
+    Each of the 2B local embeddings (``cat([z1, z2])``) is an anchor; the columns are every
+    embedding of the global batch (``cat([all z1, all z2])``, ``N = world * B``, gathered with
+    gradients from all ranks); an anchor's positive is the other view of the same image.
 
     Args:
         z1, z2: ``(B, D)`` projections of the two views (L2-normalised here).
+        temperature: ``t > 0``, divides the anchors (``2B x D`` values, not ``2B x 2N``).
+        mask_self: put ``-inf`` in each anchor's own column (one fused ``addmm`` with a constant
+            offset, so the backward pass has nothing extra to do).
+    Returns:
+        ``sims: (2B, 2N)`` cosine similarities over ``t``, and per anchor the column of itself
+        and of its positive, ``self_index, positive_index: (2B,)`` int64.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"z1 and z2 must both be (B, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -140,15 +185,33 @@ def batch_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch
     b = z1.shape[0]
     all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
     n = all1.shape[0]
-    sims = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T  # (2B, 2N)
     local = torch.arange(b, device=z1.device) + rank * b
-    self_index = torch.cat([local, local + n])
-    positive_index = torch.cat([local + n, local])
-    rows = torch.arange(2 * b, device=z1.device)
+    self_index, positive_index = torch.cat([local, local + n]), torch.cat([local + n, local])
+    anchors, columns = torch.cat([z1, z2]), torch.cat([all1, all2]).T
+    if temperature != 1.0:
+        anchors = anchors / temperature
+    with torch.autocast(z1.device.type, enabled=False):
+        if not mask_self:
+            return anchors @ columns, self_index, positive_index
+        offset = torch.zeros(2 * b, 2 * n, dtype=dtype, device=z1.device)
+        offset[torch.arange(2 * b, device=z1.device), self_index] = float("-inf")
+        return torch.addmm(offset, anchors, columns), self_index, positive_index
+
+
+def batch_pairs(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's 2B-batch convention: ``pos: (2B,)``, ``neg: (2B, 2N - 2)``, from the rows of
+    :func:`batch_similarities` (``N = world * B``): an anchor's negatives are every other
+    embedding of the global batch except itself and its positive.
+
+    Args:
+        z1, z2: ``(B, D)`` projections of the two views (L2-normalised here).
+    """
+    sims, self_index, positive_index = batch_similarities(z1, z2)
+    rows = torch.arange(sims.shape[0], device=sims.device)
     keep = torch.ones_like(sims, dtype=torch.bool)
     keep[rows, self_index] = False
     keep[rows, positive_index] = False
-    return sims[rows, positive_index], sims[keep].view(2 * b, 2 * n - 2)
+    return sims[rows, positive_index], sims[keep].view(sims.shape[0], sims.shape[1] - 2)
 
 
 def cross_view_pairs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,8 +255,12 @@ def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[
     return (q * k).sum(dim=1), q @ queue.detach().to(dtype).T
 
 
-def _check(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> None:
+def _check_temperature(temperature: float) -> None:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _check(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> None:
+    _check_temperature(temperature)
     if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0] or neg.shape[1] == 0:
         raise ValueError(f"expected pos: (N,) and neg: (N, M >= 1), got {tuple(pos.shape)} and {tuple(neg.shape)}")

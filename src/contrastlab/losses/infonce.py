@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contrastlab.losses.contrastive import batch_pairs, contrastive_loss
+from contrastlab.losses.contrastive import batch_info_nce, batch_pairs, contrastive_loss
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, kind: str = "infonce",
@@ -18,9 +18,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, kind: 
     rank with gradients, so the loss averaged over ranks equals the loss of one process over
     the whole batch.
 
+    ``"infonce"`` is computed on the full similarity matrix (:func:`batch_info_nce`: one
+    matmul, the self-similarities masked, a fused cross-entropy); the others on the
+    ``(pos, neg)`` of :func:`batch_pairs`. In at least float32, whatever the autocast.
+
     Args:
         z1, z2: ``(B, D)`` projections of the two views (normalised here).
         temperature: ``t > 0``.
         kind: ``"infonce"``, ``"dcl"``, ``"hcl"`` or ``"decoupled"`` (see :func:`contrastive_loss`).
     """
+    if kind == "infonce":
+        return batch_info_nce(z1, z2, temperature)
     return contrastive_loss(*batch_pairs(z1, z2), temperature, kind, tau_plus, beta, vmf_sigma)

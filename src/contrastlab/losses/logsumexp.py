@@ -4,7 +4,9 @@ torch 2.13's forward-mode formulas of ``logsumexp``, ``log_softmax``, ``softmax`
 ``cross_entropy`` modify a tensor that their backward has saved, so the tangent they produce
 cannot itself be back-propagated ("modified by an inplace operation"). The meta-learning core's
 exact meta-gradient (``second_order="jvp"``) needs exactly that (reverse over forward), so the
-losses a meta-learned method can use are written with this composite instead.
+losses a meta-learned method can use are written with this composite instead, or switch to it
+where their input carries a tangent (:func:`contrastlab.losses.contrastive.cross_entropy`, the
+InfoNCE / NT-Xent reduction, keeps torch's fused cross-entropy otherwise).
 """
 
 from __future__ import annotations
