@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from contrastlab.bench import cells as cells_module
 from contrastlab.bench.cells import RECORD, run_cell
-from contrastlab.bench.efficiency import matmul_peak, mfu, step_flops
+from contrastlab.bench.efficiency import conv_peak, matmul_peak, mfu, step_flops
 from contrastlab.bench.report import group_rows
 from contrastlab.bench.suite import Cell, load_suite
 from contrastlab.core.config import ConfigError
@@ -52,7 +52,8 @@ def test_quick_suite_writes_the_report_and_resumes(tmp_path):
     assert rows["digits", "simclr"]["step_time_vs_reference"] == pytest.approx(1.0)
     assert rows["digits", "byol"]["step_time_vs_reference"] == pytest.approx(
         rows["digits", "simclr"]["images_per_s"] / rows["digits", "byol"]["images_per_s"])
-    assert set(report["environment"]["matmul_peak"]) == {"fp32", "bf16"}
+    peaks = report["environment"]["peak_flops"]
+    assert set(peaks) == {"fp32", "bf16"} and all(p["peak"] == max(p["matmul"], p["conv"]) for p in peaks.values())
     markdown = (out / "report.md").read_text()
     assert "## digits" in markdown and "| untrained |" in markdown and "MFU" in markdown
     for plot in ("accuracy_vs_speed.png", "loss_curves.png"):
@@ -151,8 +152,9 @@ def test_rows_average_seeds_and_compare_with_the_reference():
 
 def test_mfu_and_matmul_peak():
     assert mfu(1e9, 200.0, 100, 1e10) == pytest.approx(0.2)
-    peak = matmul_peak(torch.float32, torch.device("cpu"), size=256, repeats=2)
-    assert 1e8 < peak < 1e14
+    for peak in (matmul_peak(torch.float32, torch.device("cpu"), size=256, repeats=2),
+                 conv_peak(torch.float32, torch.device("cpu"), repeats=1)):
+        assert 1e8 < peak < 1e14
 
 
 def test_step_flops_count_forward_and_backward_and_scale_with_the_batch(monkeypatch):

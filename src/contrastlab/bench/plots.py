@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -57,19 +58,24 @@ def _accuracy_vs_speed(path: Path, rows: list[dict], datasets: list[str]) -> Pat
 
 
 def _accuracy_vs(path: Path, rows: list[dict], datasets: list[str], field: str, label: str) -> Path:
-    figure, panels = _figure(len(datasets))
-    for axes, dataset in zip(panels, datasets):
+    """The headline metric (and the linear probe's, where there is one) against ``field``, a
+    line per arm, the untrained backbone dashed."""
+    panels_of = [(d, key) for d in datasets
+                 for key in dict.fromkeys([headline(next(r for r in rows if r["dataset"] == d)), "linear"])
+                 if any(r["dataset"] == d and r.get(key) is not None for r in rows)]
+    figure, panels = _figure(len(panels_of))
+    for axes, (dataset, key) in zip(panels, panels_of):
         mine = [r for r in rows if r["dataset"] == dataset]
-        key = headline(mine[0])
+        axes.set_prop_cycle(color=cm.tab20.colors)
         for arm in dict.fromkeys(r["arm"] for r in mine):
             points = sorted((r[field], r[key]) for r in mine if r["arm"] == arm)
             if arm == UNTRAINED:
-                axes.axhline(points[0][1], color="grey", linestyle="--", label=UNTRAINED)
+                axes.axhline(points[0][1], color="black", linestyle="--", label=UNTRAINED)
             else:
                 axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=arm)
         axes.set(xscale="log", xlabel=f"{label} (log)", ylabel=TITLES[key], title=dataset)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    panels[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(figure, path)
 
 
@@ -79,6 +85,7 @@ def _loss_curves(path: Path, entries: list[dict], datasets: list[str]) -> Path:
     figure, panels = _figure(len(datasets))
     for axes, dataset in zip(panels, datasets):
         shown = set()
+        axes.set_prop_cycle(color=cm.tab20.colors)
         for entry in entries:
             if entry["dataset"] != dataset or entry["arm"] in shown or len(entry["loss_curve"]) < 2:
                 continue
@@ -88,5 +95,5 @@ def _loss_curves(path: Path, entries: list[dict], datasets: list[str]) -> Path:
             axes.plot(epochs, [(v - low) / ((high - low) or 1.0) for v in losses], label=entry["arm"])
         axes.set(xlabel="epoch", ylabel="training loss (min-max scaled per arm)", title=dataset)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=6)
     return _save(figure, path)

@@ -48,7 +48,7 @@ def run_suite(path: str | Path, out: Path | None = None, resume: bool = True, co
     plots = write_plots(out, rows, entries, suite.grid) if rows else []
     environment = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
                    "cpu": _cpu_name(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-                   "matmul_peak": peaks}
+                   "peak_flops": peaks}
     command = command or f"contrastlab bench {path}"
     lines = markdown(suite.name, suite.about, command, environment, suite.common, suite.seeds, rows,
                      suite.reference, [str(p) for p in plots], failed)
@@ -67,7 +67,7 @@ def _summary(entry: dict, read: bool) -> str:
     return f"{entry['key']}: {numbers}  {speed}  {entry['wall_s']:.0f} s" + ("  (read)" if read else "")
 
 
-def _efficiency(cells: list[Cell], cache_path: Path, peaks: dict[str, float], failed: list[str]) -> dict[str, dict]:
+def _efficiency(cells: list[Cell], cache_path: Path, peaks: dict[str, dict[str, float]], failed: list[str]) -> dict[str, dict]:
     """FLOPs per step of each row (counted once on its first cell, cached in ``cache_path``
     by recipe and overrides), its compute dtype and that dtype's peak."""
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -82,7 +82,8 @@ def _efficiency(cells: list[Cell], cache_path: Path, peaks: dict[str, float], fa
             cache[key] = {"identity": identity, "flops_per_step": step_flops(cfg)}
             cache_path.write_text(json.dumps(cache, indent=2))
         dtype = compute_dtype(cfg)
-        out[key] = {"flops_per_step": cache[key]["flops_per_step"], "compute_dtype": dtype, "peak_flops": peaks[dtype]}
+        out[key] = {"flops_per_step": cache[key]["flops_per_step"], "compute_dtype": dtype,
+                    "peak_flops": peaks[dtype]["peak"]}
     return out
 
 
