@@ -4,6 +4,8 @@ folder that holds a ``backbone.safetensors`` exported from a tiny trained run.""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,10 @@ def test_the_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
             first = code.strip().splitlines()[0] if code.strip() else "(empty)"
             pytest.fail(f"README python block {number} (line {line}, starting {first!r}) failed: "
                         f"{type(err).__name__}: {err}")
+
+
+def test_the_results_section_is_generated_from_the_cpu_report():
+    """README's results table is ``benchmarks/readme_results.py``'s output for the committed report."""
+    script = README.parent / "benchmarks" / "readme_results.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
