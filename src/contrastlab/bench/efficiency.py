@@ -1,4 +1,4 @@
-"""Hardware efficiency: the FLOPs of one training step, this machine's matmul peak, and MFU.
+"""Hardware efficiency: the FLOPs of one training step, this machine's peak FLOP/s, and MFU.
 
 MFU (model FLOPs utilisation) = FLOPs per training step x steps per second / peak FLOP/s, the
 peak being the faster of a large matrix multiply and a large convolution in the step's compute

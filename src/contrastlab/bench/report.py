@@ -7,6 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
+from contrastlab.bench.efficiency import mfu
 from contrastlab.bench.suite import UNTRAINED
 
 # (key, column title, format): the metrics a row can hold, in the order of the columns
@@ -38,7 +39,7 @@ def group_rows(entries: list[dict], reference: str | None, efficiency: dict[str,
                 row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
         row.update(efficiency.get(row_key(row), {}))
         if "flops_per_step" in row and row.get("images_per_s"):
-            row["mfu"] = row["flops_per_step"] * row["images_per_s"] / row["batch_size"] / row["peak_flops"]
+            row["mfu"] = mfu(row["flops_per_step"], row["images_per_s"], row["batch_size"], row["peak_flops"])
         rows.append(row)
     for row in rows:
         base = next((r for r in rows if r["arm"] == reference and r["dataset"] == row["dataset"]

@@ -1,5 +1,5 @@
 """``contrastlab bench SUITE.yaml``: run every cell of a suite (finished ones are read, not
-re-run), count each row's FLOPs per step, measure the matmul peak, and write the report."""
+re-run), count each row's FLOPs per step, measure the machine's peak, and write the report."""
 
 from __future__ import annotations
 
