@@ -118,6 +118,33 @@ def test_convnet_default_channels_and_odd_sizes():
     assert tiny("convnet", 1, size=7)(images(1, size=7)).shape == (4, 6)
 
 
+def reference_convnet(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ConvNet as its paper-style definition reads: conv-BN-ReLU, then the 2x2 max-pool."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for index, (conv, norm) in enumerate(zip(convs, norms)):
+        if index > 0:
+            x = nn.functional.max_pool2d(x, 2, ceil_mode=True)
+        x = torch.relu(norm(conv(x)))
+    return x.mean(dim=(2, 3))
+
+
+def test_convnet_pools_before_relu_with_the_same_values_and_gradients():
+    model = build_backbone("convnet", (1, 15, 15), channels=[4, 6, 8])
+    x = torch.randn(5, 1, 15, 15, dtype=torch.float64)  # odd sizes: ceil-mode windows at the border
+    model = model.double()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    model.load_state_dict(reference)  # the same BatchNorm running statistics for the reference pass
+    expected = reference_convnet(model, x)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert [type(m).__name__ for m in model.features][2:4] == ["MaxPool2d", "ReLU"]
+
+
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every parameter and buffer, so BatchNorm statistic updates stay local."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
