@@ -14,6 +14,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from contrastlab.bench import cells as cells_module
+from contrastlab.bench import runner
 from contrastlab.bench.cells import RECORD, run_cell
 from contrastlab.bench.efficiency import conv_peak, matmul_peak, mfu, step_flops
 from contrastlab.bench.report import group_rows
@@ -113,6 +114,22 @@ def test_grid_and_seeds_make_the_cells(tmp_path, monkeypatch):
                                     "eval.compare_random_init=true")
     assert all(c.overrides[-1].endswith("false") for c in suite.cells if c.arm == "byol")  # untrained: first arm only
     assert load_config(first.recipe, first.overrides).train.batch_size == 32
+
+
+def test_only_runs_the_named_datasets_and_writes_no_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    datasets = {"digits": {"kind": "gray-small-convnet", "overrides": ["data.name=digits"]},
+                "spirograph": {"kind": "spirograph-convnet"}}
+    path = write_suite(tmp_path, datasets=datasets, seeds=[0, 1])
+    ran = []
+    monkeypatch.setattr(runner, "run_cell", lambda cell, runs, resume: ran.append(cell.key) or ({}, False))
+    monkeypatch.setattr(runner, "read_cell", lambda cell, runs, record: [
+        {"key": cell.key, "wall_s": 1.0}])
+    assert runner.run_suite(path, tmp_path / "out", only=["spirograph"]) == 0
+    assert ran == ["spirograph/simclr/s0", "spirograph/simclr/s1"]
+    assert not (tmp_path / "out" / "report.json").exists()
+    with pytest.raises(ConfigError, match="--only mnist: the suite has no such dataset; it has digits, spirograph"):
+        runner.run_suite(path, tmp_path / "out", only=["mnist"])
 
 
 def test_a_finished_cell_is_read_and_a_changed_one_rerun(tmp_path, monkeypatch):

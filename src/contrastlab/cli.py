@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", type=Path, help="the suite's YAML file")
     bench.add_argument("--out", type=Path, help="report and run folders (default: the suite's path without .yaml)")
     bench.add_argument("--fresh", action="store_true", help="re-run every cell, even finished ones")
+    bench.add_argument("--only", action="append", metavar="DATASET",
+                       help="run only this dataset's cells (repeatable) and write no report: to share a suite "
+                            "among processes; a run without --only then writes the report from the finished cells")
     bench.set_defaults(run=_bench)
 
     listing = sub.add_parser("list", help="list methods, datasets, backbones and augmentation presets")
@@ -152,7 +155,7 @@ def _bench(args: argparse.Namespace) -> int:
     from contrastlab.bench.runner import run_suite
 
     command = "contrastlab bench " + " ".join([str(args.suite), *(["--out", str(args.out)] if args.out else [])])
-    return 1 if run_suite(args.suite, args.out, resume=not args.fresh, command=command) else 0
+    return 1 if run_suite(args.suite, args.out, resume=not args.fresh, command=command, only=args.only) else 0
 
 
 def _list(args: argparse.Namespace) -> int:

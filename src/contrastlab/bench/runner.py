@@ -15,31 +15,44 @@ from contrastlab.bench.efficiency import compute_dtype, machine_peaks, step_flop
 from contrastlab.bench.plots import write_plots
 from contrastlab.bench.report import group_rows, markdown, row_key, write_report
 from contrastlab.bench.suite import Cell, load_suite
+from contrastlab.core.config import ConfigError
 from contrastlab.engine.setup import resolve_device
 from contrastlab.recipes import load_config
 
 FLOPS_CACHE = "flops.json"
 
 
-def run_suite(path: str | Path, out: Path | None = None, resume: bool = True, command: str | None = None) -> int:
+def run_suite(path: str | Path, out: Path | None = None, resume: bool = True, command: str | None = None,
+              only: list[str] | None = None) -> int:
     """Run the suite in ``path`` into ``out`` (default: beside the file, named as it without
     ``.yaml``): cells in ``out/runs/``, ``report.md``, ``report.json`` and plots in ``out``.
+    ``only``: run just these datasets' cells and write no report (processes sharing a suite).
     Returns the number of cells that failed (their keys are listed in the report)."""
     suite = load_suite(path)
     out = Path(out) if out is not None else Path(path).with_suffix("")
+    cells = suite.cells
+    if only:
+        unknown = sorted(set(only) - {cell.dataset for cell in cells})
+        if unknown:
+            raise ConfigError(f"suite {path}: --only {', '.join(unknown)}: the suite has no such dataset; it has "
+                             f"{', '.join(dict.fromkeys(cell.dataset for cell in cells))}")
+        cells = [cell for cell in cells if cell.dataset in only]
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     entries, failed = [], []
-    for number, cell in enumerate(suite.cells, start=1):
+    for number, cell in enumerate(cells, start=1):
         try:
             record, read = run_cell(cell, runs, resume)
         except CellFailed as err:
             failed.append(cell.key)
-            print(f"[{number}/{len(suite.cells)}] {err}", file=sys.stderr, flush=True)
+            print(f"[{number}/{len(cells)}] {err}", file=sys.stderr, flush=True)
             continue
         cell_entries = read_cell(cell, runs, record)
         entries += cell_entries
-        print(f"[{number}/{len(suite.cells)}] {_summary(cell_entries[0], read)}", flush=True)
+        print(f"[{number}/{len(cells)}] {_summary(cell_entries[0], read)}", flush=True)
+    if only:
+        print(f"ran the cells of {', '.join(only)}; no report (run without --only to write it)", flush=True)
+        return len(failed)
 
     device = resolve_device(load_config(suite.cells[0].recipe, suite.cells[0].overrides).train.device)
     peaks = machine_peaks(device)
