@@ -211,6 +211,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs (fp16 on old ones) and on CPUs with native bf16, else fp32
     channels_last: bool = True  # image batches in channels-last memory format (faster convolutions)
+    retain_freed_memory: bool = True  # glibc keeps freed host memory: no page faults for each step's tensors above 32 MiB (ResNet-18 CPU step 1.2x faster); the RSS stays at its peak
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps
     online_probe: bool = True  # linear classifier on detached features when labels exist

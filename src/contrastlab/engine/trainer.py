@@ -20,6 +20,7 @@ from contrastlab.data.loading import BatchLoader
 from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import maybe_sync_batchnorm, wrap_ddp
 from contrastlab.engine.external_loggers import check_installed, open_sinks
+from contrastlab.engine.host_memory import retain_freed_memory
 from contrastlab.engine.metrics import MetricsLogger
 from contrastlab.engine.progress import TrainingProgress
 from contrastlab.engine.run_folder import RunFolderError, RunLock, remove_temporaries
@@ -93,6 +94,8 @@ class Trainer:
         cfg, env = self.cfg, self.env
         self.device = env.device
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        if cfg.train.retain_freed_memory:
+            retain_freed_memory()
         torch.manual_seed(cfg.train.seed)
         check_installed(cfg.train.loggers)
 
