@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from contrastlab.components.heads import MLPHead
 from contrastlab.models import BACKBONES, build_backbone
-from contrastlab.models.backbones import ResidualBlock
+from contrastlab.models.backbones import GlobalAvgPool, ResidualBlock
 
 # Tiny variants of every registry entry, with the feature size each must report.
 TINY = {
@@ -143,6 +143,18 @@ def test_convnet_pools_before_relu_with_the_same_values_and_gradients():
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     assert [type(m).__name__ for m in model.features][2:4] == ["MaxPool2d", "ReLU"]
+
+
+def test_global_pool_keeps_the_gradient_in_the_input_layout():
+    pool = GlobalAvgPool()
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        given = x.contiguous(memory_format=layout).requires_grad_()
+        out = pool(given)
+        torch.testing.assert_close(out, x.mean(dim=(2, 3)), rtol=0, atol=1e-12)
+        grad, = torch.autograd.grad((out * torch.arange(5.0, dtype=torch.float64)).sum(), given)
+        torch.testing.assert_close(grad, torch.arange(5.0, dtype=torch.float64)[:, None, None].expand(3, 5, 4, 6) / 24)
+        assert grad.is_contiguous(memory_format=layout)
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -78,9 +78,17 @@ def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -
 
 
 class GlobalAvgPool(nn.Module):
-    """``(B, C, H, W) -> (B, C)`` mean over the spatial positions."""
+    """``(B, C, H, W) -> (B, C)`` mean over the spatial positions.
+
+    A channels-last ``x`` is averaged as its ``(B, H, W, C)`` view, so that the gradient comes
+    back channels-last too: averaged as ``(B, C, H, W)``, the gradient is contiguous, and the
+    backward of the layer before (a ReLU) mixes the two layouts, 15x slower on this project's CPUs
+    (6 ms of a 125 ms ConvNet step, ``benchmarks/results/step_profile_convnet.md``).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return x.permute(0, 2, 3, 1).mean(dim=(1, 2))
         return x.mean(dim=(2, 3))
 
 
