@@ -83,7 +83,7 @@ class GlobalAvgPool(nn.Module):
     A channels-last ``x`` is averaged as its ``(B, H, W, C)`` view, so that the gradient comes
     back channels-last too: averaged as ``(B, C, H, W)``, the gradient is contiguous, and the
     backward of the layer before (a ReLU) mixes the two layouts, 15x slower on this project's CPUs
-    (6 ms of a 125 ms ConvNet step, ``benchmarks/results/step_profile_convnet.md``).
+    (6 ms of a 125 ms ConvNet step; 0.3 ms averaged this way, ``benchmarks/results/step_profile_convnet.md``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
