@@ -1,21 +1,25 @@
 """AUC-CL: the loss in both modes against slow loops of the spec's formulas, the dual ascent and
 its projection, the unbiasedness of the paper-mode mini-batch loss (and InfoNCE's bias), and the
-method in the trainer (logging, its own optimiser group, exact resume)."""
+method in the trainer (logging, its own optimiser group, exact resume); the official ImageNet
+form (teacher targets, centre, temperature warm-up, EMA teacher, multi-crop pairs) likewise."""
 
 import itertools
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from contrastlab.engine import checkpoint as ckpt
+from contrastlab.core.config import ConfigError
 from contrastlab.engine.distributed import init_distributed
 from contrastlab.engine.setup import make_method
 from contrastlab.engine.trainer import MAIN, Trainer
-from contrastlab.losses import ascent, auc_loss, auc_pairs, nt_xent
+from contrastlab.losses import ascent, auc_dino_loss, auc_loss, auc_pairs, dino_pairs, nt_xent
 from contrastlab.methods import auccl as auccl_module
-from contrastlab.methods.auccl import AUCCL
-from test_trainer import interrupted_run, losses, tiny_config
+from contrastlab.methods.auccl import AUCCL, teacher_temperature
+from contrastlab.methods.base import StepInput
+from test_trainer import losses, resumed_like_uninterrupted, tiny_config
 
 OFFICIAL = ["method.name=auccl", "method.mode=official", "optim.name=adamw", "optim.lr=1e-3"]
 PAPER = ["method.name=auccl", "method.mode=paper"]
@@ -258,19 +262,192 @@ def test_the_method_trains_logs_and_owns_the_auc_group(tmp_path, overrides):
 
 @pytest.mark.parametrize("overrides", [PAPER, OFFICIAL], ids=["paper", "official"])
 def test_the_method_resumes_exactly(tmp_path, monkeypatch, overrides):
-    cfg = tiny_config("train.epochs=3", *overrides)
-    env = init_distributed("cpu")
-    Trainer(cfg, tmp_path / "whole", env).fit()
-    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert len(whole) == 12 and whole == split
-    a = ckpt.load_checkpoint(tmp_path / "whole")
-    b = ckpt.load_checkpoint(tmp_path / "split")
+    a, b = resumed_like_uninterrupted(tiny_config("train.epochs=3", *overrides), tmp_path, monkeypatch)
     scalars = {"b"} | ({"a", "alpha"} if "method.mode=paper" in overrides else set())
-    assert scalars <= set(a["method"]) and set(a["method"]) == set(b["method"])
-    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    assert a["step"] == 12 and scalars <= set(a["method"])
     assert a["method"]["b"].item() != 0.0
     moment = "momentum_buffer" if "method.mode=paper" in overrides else "exp_avg"
     states = [list(c["optimizers"]["auc"]["state"].values()) for c in (a, b)]
     assert len(states[0]) == len(scalars) == len(states[1])
     assert all(torch.equal(x[moment], y[moment]) for x, y in zip(*states))
+
+
+# ----------------------------------------------------------------------------- 5. official ImageNet form
+VIEWS_2G_2L = ("augment.views=[{count: 2, size: 8, transforms: [{name: crop}]}, "
+               "{count: 2, size: 6, transforms: [{name: crop, scale: [0.1, 0.4]}]}]")
+IMAGENET = ["method.name=auccl", "method.mode=official_imagenet", "method.out_dim=64", "method.head_hidden_dim=32",
+            "method.head_bottleneck_dim=16", "optim.name=adamw", "optim.lr=1e-3", VIEWS_2G_2L]
+
+
+def dino_outputs(n=5, k=7, g=2, v=4, seed=0):
+    """Teacher probabilities (softmax rows) for ``g`` global views, student logits for ``v`` views."""
+    gen = torch.Generator().manual_seed(seed)
+    probs = [torch.softmax(3.0 * torch.randn(n, k, generator=gen, dtype=torch.float64), dim=1) for _ in range(g)]
+    logits = [(5.0 * torch.randn(n, k, generator=gen, dtype=torch.float64)).requires_grad_() for _ in range(v)]
+    return probs, logits
+
+
+def imagenet_pair_loop(p, s, numerator):
+    """Spec 7.2, one (u, v) pair, entry by entry: H_ij = (1 + P_i . S_j) / 2."""
+    n, k = p.shape
+    h = [[0.5 * (1 + sum(p[i, c] * s[j, c] for c in range(k))) for j in range(n)] for i in range(n)]
+    positive = sum((h[i][i] - 10.0) ** 2 - 2.0 * h[i][i] for i in range(n)) / n
+    negative = sum(sum(h[i][j] ** 2 + 2.0 * h[i][j] for j in range(n) if j != i) for i in range(n)) / n
+    return positive + (numerator / n) * negative + 1.0
+
+
+def imagenet_loop(probs, logits, numerator=32.0, include_same=False):
+    pairs = [(u, v) for u in range(len(probs)) for v in range(len(logits)) if include_same or v != u]
+    return sum(imagenet_pair_loop(probs[u], logits[v], numerator) for u, v in pairs) / len(pairs), pairs
+
+
+@pytest.mark.parametrize("numerator", [32.0, 5.0])
+def test_imagenet_loss_matches_a_loop_over_the_pairs(numerator):
+    probs, logits = dino_outputs()
+    fast = auc_dino_loss(probs, logits, numerator)
+    slow, pairs = imagenet_loop(probs, logits, numerator)
+    assert len(pairs) == 2 * (4 - 1) == len(dino_pairs(2, 4)) and set(pairs) == set(dino_pairs(2, 4))
+    assert not any(u == v for u, v in dino_pairs(2, 4))
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-10)
+    assert_close_all(grads(fast, logits), grads(slow, logits))
+    with_same, _ = imagenet_loop(probs, logits, numerator, include_same=True)
+    assert abs(with_same.item() - fast.item()) > 1e-3  # the (u, u) pairs would change the loss
+    # 2 global + 8 local views: the official 18 pairs
+    assert len(dino_pairs(2, 10)) == 18
+    loss, pos, neg = auc_dino_loss(probs, logits, numerator, return_scores=True)
+    assert loss == fast and pos.requires_grad is False and neg.requires_grad is False
+
+
+def test_imagenet_loss_rejects_too_few_student_views():
+    probs, logits = dino_outputs(v=2)
+    with pytest.raises(ValueError, match="more student views"):
+        auc_dino_loss(probs, logits[:2])
+
+
+def imagenet_method(*extra):
+    return make_method(tiny_config(*IMAGENET, *extra), (1, 8, 8), 256).double()
+
+
+def tiny_views(seed=0, n=6, sizes=(8, 8, 6, 6)):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 1, s, s, generator=gen, dtype=torch.float64) for s in sizes]
+
+
+def test_the_method_builds_the_imagenet_loss_from_teacher_targets_and_student_logits():
+    """The method's loss equals the loop on hand-made P = softmax((g_t - c) / tau_t) and
+    S = g_s / tau_s (eval mode: BatchNorm on running statistics, so per-view passes agree)."""
+    method = imagenet_method("method.student_temperature=0.2").eval()
+    with torch.no_grad():
+        method.center.normal_()
+    c0 = method.center.clone()
+    views = tiny_views()
+    step = StepInput(views, epoch=10)
+    tau_t = 0.04 + 0.03 * 10 / 30
+    with torch.no_grad():
+        probs = [torch.softmax((method.teacher(x) - c0) / tau_t, dim=1) for x in views[:2]]
+    logits = [method.projector(method.backbone(x)) / 0.2 for x in views]
+    out = method.training_step(step)
+    slow, _ = imagenet_loop(probs, logits)
+    torch.testing.assert_close(out["loss"], slow, rtol=1e-10, atol=1e-8)
+    assert out["teacher_temperature"].item() == pytest.approx(tau_t)
+    assert (out["a"].item(), out["b"].item(), out["alpha"].item()) == (10.0, 0.0, 1.0)
+
+
+def test_the_teacher_temperature_warms_up_linearly_by_epoch():
+    cfg = imagenet_method().cfg
+    assert teacher_temperature(cfg, 0) == pytest.approx(0.04)
+    assert teacher_temperature(cfg, 15) == pytest.approx(0.055)
+    assert teacher_temperature(cfg, 29) == pytest.approx(0.04 + 0.03 * 29 / 30)
+    assert all(teacher_temperature(cfg, e) == pytest.approx(0.07) for e in (30, 31, 100))
+    cfg.warmup_teacher_temperature_epochs = 0
+    assert teacher_temperature(cfg, 0) == pytest.approx(0.07)
+
+
+def test_the_centre_is_an_ema_of_the_teacher_mean_updated_after_the_targets():
+    method = imagenet_method("method.center_momentum=0.8")
+    with torch.no_grad():
+        method.center.normal_()
+    c0 = method.center.clone()
+    views = tiny_views()[:2]
+    outputs = torch.cat([method.teacher(torch.cat(views))])  # train mode: both global views as one batch
+    probs = method.teacher_targets(views, 0.05)
+    expected_probs = torch.softmax((outputs - c0) / 0.05, dim=1).chunk(2)
+    assert_close_all(probs, expected_probs)  # the targets use the centre from before this batch
+    by_hand = [[0.8 * c0[0, k].item() + 0.2 * sum(outputs[r, k].item() for r in range(12)) / 12
+                for k in range(64)]]
+    torch.testing.assert_close(method.center, torch.tensor(by_hand, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    assert "center" in method.state_dict()
+
+
+def test_the_teacher_gets_no_gradient_and_follows_the_cosine_momentum():
+    method = imagenet_method("method.base_momentum=0.9")
+    teacher = list(method.teacher.parameters())
+    assert teacher and not any(p.requires_grad for p in teacher)
+    method.training_step(StepInput(tiny_views()))["loss"].backward()
+    assert all(p.grad is None for p in teacher)
+    student = list(method.backbone.parameters()) + list(method.projector.parameters())
+    assert all(p.grad is not None for p in student)
+    gain = method.projector.last_layer.parametrizations.weight.original0
+    assert gain.requires_grad and torch.all(gain.detach() == 1.0) and gain.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in student:
+            p.add_(torch.randn_like(p))
+    t0, s0 = [p.detach().clone() for p in teacher], [p.detach().clone() for p in student]
+    method.on_after_optimizer_step(0.3)
+    m = 1.0 - (1.0 - 0.9) * (math.cos(math.pi * 0.3) + 1) / 2
+    assert len(t0) == len(s0)
+    for t, before, s in zip(teacher, t0, s0, strict=True):
+        torch.testing.assert_close(t.detach(), m * before + (1 - m) * s, rtol=1e-12, atol=1e-12)
+
+
+def test_the_imagenet_head_and_view_rules():
+    method = imagenet_method("method.norm_last_layer=true")
+    head = method.projector
+    assert [type(layer) for layer in head.mlp] == [torch.nn.Linear, torch.nn.GELU] * 2 + [torch.nn.Linear]
+    assert (head.mlp[0].out_features, head.mlp[2].out_features, head.mlp[4].out_features) == (32, 32, 16)
+    assert head.last_layer.weight.shape == (64, 16) and head.last_layer.bias is None
+    assert not head.last_layer.parametrizations.weight.original0.requires_grad
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(64, dtype=torch.float64))
+    assert method.auc_parameters() == [] and method.parameter_groups(tiny_config(*IMAGENET).optim) == []
+    assert AUCCL.accepted_views(method.cfg) == (3, None)
+    assert AUCCL.accepted_views(imagenet_method("method.num_global=3").cfg) == (4, None)
+    assert AUCCL.accepted_views(tiny_config(*PAPER).method) == (2, 2)
+    with pytest.raises(ValueError, match="num_global=2 needs at least 3 views"):
+        method.training_step(StepInput(tiny_views()[:2]))
+    two = "augment.views=[{count: 2, size: 8, transforms: [{name: crop}]}]"
+    with pytest.raises(ConfigError, match="augment.views: method 'auccl' takes at least 3 views, got 2"):
+        setup_views(tiny_config(*IMAGENET, two))
+    with pytest.raises(ConfigError, match="augment.views: method 'auccl' takes exactly 2 views, got 4"):
+        setup_views(tiny_config(*OFFICIAL, VIEWS_2G_2L))
+    with pytest.raises(ConfigError, match="method.num_global must be >= 1"):
+        tiny_config(*IMAGENET, "method.num_global=0")
+    with pytest.raises(ConfigError, match="method.center_momentum must be in"):
+        tiny_config(*IMAGENET, "method.center_momentum=1.5")
+
+
+def setup_views(cfg):
+    Trainer(cfg, Path(tempfile.mkdtemp()), init_distributed("cpu"))
+
+
+def test_the_imagenet_form_trains_in_the_trainer(tmp_path):
+    trainer = Trainer(tiny_config("train.epochs=1", *IMAGENET), tmp_path, init_distributed("cpu"))
+    m = trainer.method
+    assert set(trainer.optimizers) == {MAIN}
+    teacher0 = [p.detach().clone() for p in m.teacher.parameters()]
+    trainer.fit()
+    steps = [r for r in trainer.logger.records if "loss" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    for key in ("positive_score", "negative_score", "teacher_temperature"):
+        assert all(math.isfinite(r[key]) for r in steps), key
+    assert all(r["teacher_temperature"] == pytest.approx(0.04) for r in steps)
+    assert m.center.abs().sum() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(teacher0, m.teacher.parameters()))
+
+
+def test_the_imagenet_form_resumes_exactly(tmp_path, monkeypatch):
+    cfg = tiny_config("train.epochs=3", "method.warmup_teacher_temperature_epochs=2", *IMAGENET)
+    whole, _ = resumed_like_uninterrupted(cfg, tmp_path, monkeypatch)
+    a = whole["method"]
+    assert whole["step"] == 12 and "center" in a and any(k.startswith("teacher.") for k in a)
+    assert a["center"].abs().sum() > 0

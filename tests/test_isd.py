@@ -29,7 +29,7 @@ from contrastlab.methods.base import StepInput
 from contrastlab.methods.isd import ISD, ISDConfig
 from contrastlab.models import build_backbone
 from multiproc import run_ranks
-from test_trainer import interrupted_run, losses, tiny_config
+from test_trainer import losses, resumed_like_uninterrupted, tiny_config
 
 ISD_TINY = ["method.name=isd", "method.pred_hidden_dim=32", "method.queue_size=100",
             "method.base_momentum=0.5", "method.final_momentum=0.5"]
@@ -305,17 +305,12 @@ def test_the_teacher_is_an_ema_of_the_student_and_gets_no_gradient(tmp_path, mon
 
 def test_isd_resumes_exactly(tmp_path, monkeypatch):
     cfg = tiny_config("train.epochs=3", *ISD_TINY)
-    env = init_distributed("cpu")
-    Trainer(cfg, tmp_path / "whole", env).fit()
-    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert len(whole) == 12 and whole == split
-    a = ckpt.load_checkpoint(tmp_path / "whole")["method"]
-    b = ckpt.load_checkpoint(tmp_path / "split")["method"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    whole, _ = resumed_like_uninterrupted(cfg, tmp_path, monkeypatch)
+    a = whole["method"]
+    assert whole["step"] == 12
     assert int(a["bank.pointer"]) == (12 * 64) % 100  # the bank and its pointer are in the state
     assert any(k.startswith("teacher.module.0.") for k in a)
-    initial = Trainer(cfg, tmp_path / "initial", env).method.bank.features  # the same seed, before training
+    initial = Trainer(cfg, tmp_path / "initial", init_distributed("cpu")).method.bank.features  # the same seed, before training
     assert not torch.equal(a["bank.features"], initial)
     torch.testing.assert_close(a["bank.features"].norm(dim=1), torch.ones(100))
 

@@ -17,7 +17,7 @@ from contrastlab.losses import nt_xent
 from contrastlab.methods import METHODS
 from contrastlab.methods.base import Method, ParameterGroup, StepInput
 from contrastlab.methods.simclr import SimCLRConfig
-from test_trainer import interrupted_run, losses, tiny_config
+from test_trainer import losses, resumed_like_uninterrupted, tiny_config
 
 
 @dataclass
@@ -91,15 +91,8 @@ def test_the_trainer_builds_steps_and_schedules_each_group(tmp_path, two_encoder
 
 
 def test_a_method_with_a_second_encoder_resumes_exactly(tmp_path, monkeypatch, two_encoders):
-    cfg = tiny_config("method.name=two_encoders", "train.epochs=3")
-    env = init_distributed("cpu")
-    Trainer(cfg, tmp_path / "whole", env).fit()
-    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert len(whole) == 12 and whole == split
-    a = ckpt.load_checkpoint(tmp_path / "whole")
-    b = ckpt.load_checkpoint(tmp_path / "split")
-    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    a, b = resumed_like_uninterrupted(tiny_config("method.name=two_encoders", "train.epochs=3"), tmp_path, monkeypatch)
+    assert a["step"] == 12
     moments = [s["exp_avg"] for s in a["optimizers"]["scale"]["state"].values()]
     assert moments and all(torch.equal(x, y["exp_avg"]) for x, y in zip(moments, b["optimizers"]["scale"]["state"].values()))
 

@@ -16,7 +16,7 @@ from contrastlab.losses import mmcl as mmcl_module
 from contrastlab.methods import simclr as simclr_module
 from contrastlab.methods.simclr import SimCLRConfig
 from contrastlab.recipes import load_config
-from test_trainer import interrupted_run, losses, tiny_config
+from test_trainer import losses, resumed_like_uninterrupted, tiny_config
 
 
 def records(run_dir):
@@ -106,15 +106,8 @@ def test_difficulty_trains_a_biased_encoder_with_its_own_optimiser(tmp_path):
 
 
 def test_difficulty_resumes_exactly(tmp_path, monkeypatch):
-    cfg = tiny_config("method.loss=difficulty", "train.epochs=3")
-    env = init_distributed("cpu")
-    Trainer(cfg, tmp_path / "whole", env).fit()
-    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert len(whole) == 12 and whole == split
-    a, b = ckpt.load_checkpoint(tmp_path / "whole"), ckpt.load_checkpoint(tmp_path / "split")
-    assert set(a["optimizers"]) == {MAIN, "biased"}
-    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    a, _ = resumed_like_uninterrupted(tiny_config("method.loss=difficulty", "train.epochs=3"), tmp_path, monkeypatch)
+    assert a["step"] == 12 and set(a["optimizers"]) == {MAIN, "biased"}
 
 
 def test_a_batch_whose_main_loss_is_not_finite_is_skipped_and_counted(tmp_path, monkeypatch):

@@ -56,6 +56,22 @@ def interrupted_run(cfg, run_dir, env, monkeypatch, crash_epoch, reload_config=F
     return resumed
 
 
+def resumed_like_uninterrupted(cfg, tmp_path, monkeypatch, crash_epoch=2):
+    """Train ``cfg`` straight through (``tmp_path / "whole"``) and with a crash when epoch
+    ``crash_epoch`` starts, then a resume (``tmp_path / "split"``); check the logged losses are
+    equal step by step and every method tensor in the final checkpoints is equal; return both
+    checkpoints ``(whole, split)``."""
+    env = init_distributed("cpu")
+    Trainer(cfg, tmp_path / "whole", env).fit()
+    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=crash_epoch)
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert whole and whole == split
+    a, b = ckpt.load_checkpoint(tmp_path / "whole"), ckpt.load_checkpoint(tmp_path / "split")
+    assert a["method"].keys() == b["method"].keys()
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    return a, b
+
+
 METHOD_OVERRIDES = {
     "simclr": ["method.name=simclr"],
     "moco": ["method.name=moco", "method.queue_size=96", "method.symmetric=true"],
@@ -80,16 +96,9 @@ METHOD_OVERRIDES = {
 @pytest.mark.parametrize("method", list(METHOD_OVERRIDES))
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, method):
     """Every method's state (EMA teachers, queues) survives a crash and resume exactly."""
-    cfg = tiny_config("train.epochs=3", *METHOD_OVERRIDES[method])
-    env = init_distributed("cpu")
-    Trainer(cfg, tmp_path / "whole", env).fit()
-    interrupted_run(cfg, tmp_path / "split", env, monkeypatch, crash_epoch=2)
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert len(whole) == 12 and list(whole) == list(split)
-    assert whole == split  # exactly equal, step by step, including after the resume
-    a = ckpt.load_checkpoint(tmp_path / "whole")["method"]
-    b = ckpt.load_checkpoint(tmp_path / "split")["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, _ = resumed_like_uninterrupted(tiny_config("train.epochs=3", *METHOD_OVERRIDES[method]), tmp_path,
+                                          monkeypatch)
+    assert whole["step"] == 12
 
 
 def test_resume_refuses_a_finished_run_and_a_missing_checkpoint(tmp_path):

@@ -1,7 +1,7 @@
 """Losses: pure functions of tensors, no trainer state; the batch losses also as ``nn.Module``s
 (:mod:`contrastlab.losses.modules`)."""
 
-from contrastlab.losses.auc import AUC_MODES, ascent, auc_loss, auc_pairs
+from contrastlab.losses.auc import AUC_MODES, ascent, auc_dino_loss, auc_loss, auc_pairs, dino_pairs, dino_scores
 from contrastlab.losses.barlow import barlow_twins_loss, cross_correlation
 from contrastlab.losses.byol import byol_loss
 from contrastlab.losses.contrastive import (
@@ -33,8 +33,11 @@ __all__ = [
     "KMeansResult",
     "LOSS_KINDS",
     "ascent",
+    "auc_dino_loss",
     "auc_loss",
     "auc_pairs",
+    "dino_pairs",
+    "dino_scores",
     "SOLVERS",
     "KernelSpec",
     "SolverSpec",

@@ -18,6 +18,14 @@ code (``cifar/losses.py``): positives scored ``clamp(h - 0.5, 0, 1)`` (a built-i
 anchor's negatives the other ``2B - 1`` embeddings *including its own positive view*, ``a = 10``,
 ``alpha = 1``, ``w = 1`` (a sum over the negatives), no dual terms, ``b`` learned, and the
 constant ``offset = -2B``.
+
+The official ImageNet code (DINO-style teacher and student heads, :func:`auc_dino_loss`) scores
+a teacher's target distribution against the student's logits instead of two embeddings:
+``H_ij = (1 + P_i . S_j) / 2`` (``P``: the teacher's softmax on one global view, ``S``: the
+student's temperature-scaled, not softmax-ed, output on another view), positives ``H_ii``,
+negatives ``H_ij, j != i``, and per (teacher view, student view) pair the surrogate with
+``a = 10``, ``b = 0``, ``alpha = 1``, no dual terms, ``w = 32 / N`` and ``offset = 1``; the loss
+is the mean over the pairs. These scores are not confined to [0, 1].
 """
 
 from __future__ import annotations
@@ -70,6 +78,63 @@ def auc_loss(pos: torch.Tensor, neg: torch.Tensor, a: torch.Tensor | float, b: t
     negative = ((neg - b) ** 2 + 2.0 * alpha * neg).sum(dim=1).mean()
     loss = positive + neg_weight * negative + offset
     return loss if margin is None else loss + 2.0 * alpha * margin - alpha**2
+
+
+DINO_A, DINO_B, DINO_ALPHA, DINO_OFFSET = 10.0, 0.0, 1.0, 1.0
+
+
+def dino_pairs(num_teacher: int, num_student: int) -> list[tuple[int, int]]:
+    """``(u, v)`` for every teacher view ``u`` and student view ``v != u`` (the teacher's views
+    are the student's first ``num_teacher``): ``num_teacher * (num_student - 1)`` pairs."""
+    return [(u, v) for u in range(num_teacher) for v in range(num_student) if v != u]
+
+
+def dino_scores(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``H = (1 + p @ s.T) / 2`` split into ``pos: (N,)`` (the diagonal, same image) and
+    ``neg: (N, N - 1)`` (row ``i``: teacher image ``i`` against every other student image).
+
+    Args:
+        p: ``(N, K)`` teacher probabilities; s: ``(N, K)`` student logits.
+    """
+    if p.shape != s.shape or p.dim() != 2:
+        raise ValueError(f"teacher and student outputs must both be (N, K), got {tuple(p.shape)} and {tuple(s.shape)}")
+    h = 0.5 * (1.0 + p @ s.T)  # (N, N)
+    n = h.shape[0]
+    keep = ~torch.eye(n, dtype=torch.bool, device=h.device)
+    return h.diagonal(), h[keep].view(n, n - 1)
+
+
+def auc_dino_loss(teacher_probs: list[torch.Tensor], student_logits: list[torch.Tensor], neg_numerator: float = 32.0,
+                  return_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official ImageNet AUC-CL loss: the mean over :func:`dino_pairs` of
+    ``mean_i[(H_ii - 10)^2 - 2 H_ii] + (neg_numerator / N) mean_i sum_{j != i}[H_ij^2 + 2 H_ij] + 1``
+    (:func:`auc_loss` with ``a = 10, b = 0, alpha = 1``, no dual terms, ``w = neg_numerator / N``,
+    offset 1), in at least float32.
+
+    Args:
+        teacher_probs: per global view ``u``, ``(N, K)`` teacher probabilities (rows sum to 1;
+            the caller detaches them); student_logits: per view ``v`` (the global views first,
+            in the teacher's order), ``(N, K)`` student outputs divided by its temperature.
+        neg_numerator: the negative weight's numerator (32 in the official code; ``N`` is this
+            process's batch).
+        return_scores: also return the mean positive and mean negative score over the pairs
+            (detached).
+    """
+    if not teacher_probs or len(student_logits) <= len(teacher_probs):
+        raise ValueError(f"expected at least one teacher view and more student views than teacher views, got "
+                         f"{len(teacher_probs)} and {len(student_logits)}")
+    dtype = torch.promote_types(student_logits[0].dtype, torch.float32)
+    pairs = dino_pairs(len(teacher_probs), len(student_logits))
+    total, pos_sum, neg_sum = 0.0, 0.0, 0.0
+    for u, v in pairs:
+        pos, neg = dino_scores(teacher_probs[u].to(dtype), student_logits[v].to(dtype))
+        n = pos.shape[0]
+        total = total + auc_loss(pos, neg, DINO_A, DINO_B, DINO_ALPHA, None, neg_numerator / n, DINO_OFFSET)
+        if return_scores:
+            pos_sum = pos_sum + pos.detach().mean()
+            neg_sum = neg_sum + (neg.detach().mean() if neg.numel() else pos.new_zeros(()))
+    loss = total / len(pairs)
+    return (loss, pos_sum / len(pairs), neg_sum / len(pairs)) if return_scores else loss
 
 
 class _Ascent(torch.autograd.Function):
