@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from contrastlab.cli import main
 from contrastlab.core.config import ConfigError
+from contrastlab.engine import checkpoint as ckpt
 from contrastlab.engine.distributed import init_distributed
-from contrastlab.engine.setup import make_method
+from contrastlab.engine.setup import make_method, trained_backbone
 from contrastlab.engine.trainer import MAIN, Trainer
 from contrastlab.losses import ascent, auc_dino_loss, auc_loss, auc_pairs, dino_pairs, nt_xent
 from contrastlab.methods import auccl as auccl_module
@@ -451,3 +454,21 @@ def test_the_imagenet_form_resumes_exactly(tmp_path, monkeypatch):
     a = whole["method"]
     assert whole["step"] == 12 and "center" in a and any(k.startswith("teacher.") for k in a)
     assert a["center"].abs().sum() > 0
+
+
+def test_the_imagenet_form_evaluates_and_exports_its_teacher(tmp_path):
+    cfg = tiny_config("train.epochs=1", *IMAGENET)
+    run = tmp_path / "run"
+    Trainer(cfg, run, init_distributed("cpu")).fit()
+    state = ckpt.load_checkpoint(run)
+    teacher = trained_backbone(state, tiny_config(*IMAGENET, "eval.encoder=teacher"), "teacher").state_dict()
+    student = trained_backbone(state, cfg, "student").state_dict()
+    assert all(torch.equal(teacher[k], state["method"][f"teacher.module.0.{k}"]) for k in teacher)
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA lags the student
+    out = tmp_path / "teacher.safetensors"
+    assert main(["export", str(run), "--out", str(out), "--encoder", "teacher"]) == 0
+    exported = load_file(str(out))
+    assert exported.keys() == teacher.keys() and all(torch.equal(exported[k], teacher[k]) for k in teacher)
+    for other in (PAPER, OFFICIAL):  # no teacher in the CIFAR forms
+        with pytest.raises(ConfigError, match="eval.encoder: method 'auccl' has no 'teacher' encoder; choose student"):
+            tiny_config(*other, "eval.encoder=teacher")

@@ -10,7 +10,7 @@ from contrastlab.core.config import ConfigError
 from contrastlab.data.base import DataError
 from contrastlab.engine.checkpoint import CheckpointError
 from contrastlab.engine.run_folder import RunFolderError
-from contrastlab.recipes import load_config
+from contrastlab.recipes import config_from, load_config
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError)
 
@@ -116,7 +116,7 @@ def _export(args: argparse.Namespace) -> int:
 
     state = load_checkpoint(args.run_dir)
     cfg = state["config"]
-    weights = backbone_state(state, encoder_prefix(cfg["method"]["name"], args.encoder, key="--encoder"))
+    weights = backbone_state(state, encoder_prefix(config_from(cfg).method, args.encoder, key="--encoder"))
     preprocessing = state["preprocessing"] if "preprocessing" in state else _recomputed_preprocessing(args.run_dir)
     meta = export_metadata(cfg, state["input_shape"], args.encoder, preprocessing)
     out = export_backbone(weights, meta, args.out)

@@ -49,5 +49,5 @@ def config_from(source: str | Path | Config | Mapping[str, Any] | None = None, o
 def _checked(raw: dict[str, Any]) -> Config:
     cfg = config_from_dict(raw, method_configs())
     check_augment(cfg.augment)
-    encoder_prefix(cfg.method.name, cfg.eval.encoder)
+    encoder_prefix(cfg.method, cfg.eval.encoder)
     return cfg

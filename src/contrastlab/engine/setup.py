@@ -268,7 +268,7 @@ def trained_backbone(state: dict[str, Any], cfg: Config, encoder: str) -> torch.
     """The backbone ``encoder`` (``student`` or ``teacher``) of the checkpoint ``state``, with its
     trained weights (built for the checkpoint's input shape)."""
     backbone = make_backbone(cfg, tuple(state["input_shape"]))
-    backbone.load_state_dict(backbone_state(state, encoder_prefix(cfg.method.name, encoder)))
+    backbone.load_state_dict(backbone_state(state, encoder_prefix(cfg.method, encoder)))
     return backbone
 
 

@@ -42,7 +42,7 @@ from contrastlab.components.momentum import EMATeacher, cosine_momentum
 from contrastlab.core.config import MethodConfig, OptimConfig
 from contrastlab.core.distributed import all_reduce_mean
 from contrastlab.losses import ascent, auc_dino_loss, auc_loss, auc_pairs
-from contrastlab.methods.base import Method, ParameterGroup, StepInput
+from contrastlab.methods.base import WITH_EMA_TEACHER, Method, ParameterGroup, StepInput
 from contrastlab.methods.registry import METHODS
 
 OFFICIAL_A, OFFICIAL_ALPHA = 10.0, 1.0
@@ -136,6 +136,11 @@ class AUCCL(Method):
         if cfg.mode == "paper":
             self.a = nn.Parameter(torch.tensor(cfg.init_a))
             self.alpha = nn.Parameter(torch.tensor(cfg.init_alpha))
+
+    @classmethod
+    def eval_encoders(cls, cfg: AUCCLConfig) -> dict[str, str]:
+        """``official_imagenet`` has an EMA teacher (``eval.encoder=teacher``); the other modes not."""
+        return WITH_EMA_TEACHER if cfg.mode == IMAGENET else cls.EVAL_ENCODERS
 
     @classmethod
     def accepted_views(cls, cfg: AUCCLConfig) -> tuple[int, int | None]:

@@ -75,6 +75,12 @@ class Method(nn.Module):
     """``eval.encoder`` choices -> the prefix of that backbone's weights in the method's state
     dict; methods with an EMA teacher use :data:`WITH_EMA_TEACHER`."""
 
+    @classmethod
+    def eval_encoders(cls, cfg: MethodConfig) -> dict[str, str]:
+        """The ``eval.encoder`` choices of the method configured as ``cfg``: ``EVAL_ENCODERS``,
+        unless the method has an EMA teacher in some of its modes only."""
+        return cls.EVAL_ENCODERS
+
     def __init__(self, cfg: MethodConfig, backbone: nn.Module) -> None:
         super().__init__()
         check_section(cfg, "method")  # a config made in code is checked as a loaded one is
