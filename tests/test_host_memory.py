@@ -16,28 +16,36 @@ from test_trainer import tiny_config
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
-# Faults taken by a 64 MiB tensor filled again after the first one was freed (16,384 pages).
-REFILL_FAULTS = """
+# Faults per cycle of allocating and freeing a 64 MiB tensor (16,384 pages), over the last
+# `MEASURED` of `CYCLES` cycles. With memory retained, the first few cycles can still fault: a
+# small allocation placed after the big block keeps it from merging into the heap's top, and the
+# hole is a few bytes short of the next aligned request; within about eight cycles (exactly 8 in
+# each of 30 runs on 2026-12-07, up to 8 in 100 runs before) the holes coalesce and every later
+# cycle re-uses resident pages. The measured window starts well after that.
+CYCLES, MEASURED = 40, 8
+REFILL_FAULTS = f"""
 import resource, sys, torch
 from contrastlab.engine.host_memory import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory() and retain_freed_memory()  # idempotent
-x = torch.ones(16 * 2**20); del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.ones(16 * 2**20)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range({CYCLES}):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20); del x
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults[-{MEASURED}:])
 """
 
 
-def refill_faults(mode: str) -> int:
+def refill_faults(mode: str) -> list[int]:
     out = subprocess.run([sys.executable, "-c", REFILL_FAULTS, mode], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
+    return [int(v) for v in out.stdout.split()]
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
 def test_a_freed_large_tensor_is_refilled_without_page_faults():
-    assert refill_faults("system") > 8_000  # glibc unmapped it: every page faults again
-    assert refill_faults("retain") < 500
+    assert min(refill_faults("system")) > 8_000  # glibc unmapped it: every page faults again, every cycle
+    assert sum(refill_faults("retain")) < 500
 
 
 @pytest.mark.parametrize("retain", [True, False])
