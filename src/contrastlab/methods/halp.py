@@ -99,9 +99,10 @@ class HaLP(MoCo):
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         """MoCo's step, plus the HaLP term on each query-key pair."""
-        features, queries, keys, moco = self.contrast_with_queue(step)
+        features, queries, keys, terms = self.contrast_with_queue(step)
+        moco = terms.pop("loss")
         halp, kept = self._halp_terms(queries, keys, step.generator)
-        return {"loss": moco + self.cfg.halp_weight * halp, "features": features,
+        return {**terms, "loss": moco + self.cfg.halp_weight * halp, "features": features,
                 "moco_loss": moco.detach(), "halp_loss": halp.detach(), "halp_kept": kept,
                 "halp_active": torch.tensor(float(self.generating))}
 

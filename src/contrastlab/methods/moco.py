@@ -1,4 +1,12 @@
-"""MoCo v2 (Chen et al., 2020): queries against a momentum encoder's keys and a queue."""
+"""MoCo v2 (Chen et al., 2020): queries against a momentum encoder's keys and a queue.
+
+``method.loss=difficulty`` (our reading: the paper's code weighs a SimCLR batch's negatives
+only): the biased encoder sees both views, its query-key cosine is the triplet loss's positive
+(gradients through both views: it has no momentum copy) and a second FIFO queue of its
+embeddings of the enqueued images, filled in step with MoCo's, holds its negatives. A queue
+entry is then the same image in both queues, so the difficulty weights compare the two
+encoders' similarities to the same negatives, each as old as MoCo's key.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from contrastlab.components.momentum import EMATeacher, cosine_momentum
@@ -13,9 +22,9 @@ from contrastlab.components.queue import FeatureQueue
 from contrastlab.components.shuffle_bn import guarded_forward
 from contrastlab.core.config import ConfigError
 from contrastlab.losses import contrastive_loss, queue_pairs
-from contrastlab.methods.base import WITH_EMA_TEACHER, Method, StepInput
+from contrastlab.methods.base import WITH_EMA_TEACHER, StepInput
 from contrastlab.methods.registry import METHODS
-from contrastlab.methods.simclr import ContrastiveConfig
+from contrastlab.methods.simclr import ContrastiveConfig, ContrastiveMethod
 
 
 @dataclass
@@ -42,14 +51,10 @@ class MoCoConfig(ContrastiveConfig):
                 f"({4 * 256 * k**2 / 2**30:,.0f} GiB in float32 at batch 256) and the projected gradient a "
                 f"{k} x {k} kernel matrix and batch x {k} x {k} multiply-adds per iteration; use "
                 f"method.name=simclr (the batch's own negatives)")
-        if self.loss == "difficulty":
-            raise ConfigError(
-                f"{prefix}.loss=difficulty weighs each negative by a second encoder's similarity to it, which "
-                f"needs the negatives' images; MoCo's queue holds only past keys; use method.name=simclr")
 
 
 @METHODS.register("moco", "MoCo v2: momentum key encoder and a queue of negatives (Chen et al., 2020)")
-class MoCo(Method):
+class MoCo(ContrastiveMethod):
     Config = MoCoConfig
     EVAL_ENCODERS = WITH_EMA_TEACHER
 
@@ -58,20 +63,24 @@ class MoCo(Method):
         self.projector = self.make_projector()
         self.teacher = EMATeacher(self.backbone, self.projector)
         self.queue = FeatureQueue(cfg.queue_size, cfg.proj_out_dim)
+        if cfg.loss == "difficulty":
+            self.biased_queue = FeatureQueue(cfg.queue_size, cfg.proj_out_dim)
         self._keys: torch.Tensor | None = None
+        self._biased_keys: torch.Tensor | None = None
 
     def _keys_of(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return guarded_forward(self.teacher.module, x, self.cfg.bn_guard, self.cfg.bn_splits, generator)
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
-        features, _, _, loss = self.contrast_with_queue(step)
-        return {"loss": loss, "features": features}
+        features, _, _, terms = self.contrast_with_queue(step)
+        return {**terms, "features": features}
 
     def contrast_with_queue(self, step: StepInput) -> tuple[torch.Tensor, tuple[torch.Tensor, ...],
-                                                             list[torch.Tensor], torch.Tensor]:
+                                                             list[torch.Tensor], dict[str, torch.Tensor]]:
         """The backbone features of view 1 (detached), the queries, their keys (the other
-        view's, from the teacher; kept for the enqueue after the optimiser step) and MoCo's
-        loss, averaged over the query-key pairs (two when symmetric)."""
+        view's, from the teacher; kept for the enqueue after the optimiser step) and the loss
+        terms: ``"loss"``, averaged over the query-key pairs (two when symmetric), and with
+        ``loss: difficulty`` its logged terms and ``skip_step``."""
         x1, x2 = step.views
         views = (x1, x2) if self.cfg.symmetric else (x1,)
         h = self.backbone(torch.cat(views))
@@ -80,12 +89,27 @@ class MoCo(Method):
         if self.cfg.symmetric:
             keys.append(self._keys_of(x1, step.generator))
         # The keys are enqueued only after the optimiser step, when backward no longer needs the queue.
-        losses = [
-            contrastive_loss(*queue_pairs(q, k, self.queue.features), self.cfg.temperature, **self.cfg.loss_options())
-            for q, k in zip(queries, keys)
-        ]
         self._keys = torch.cat(keys)
-        return h[: x1.shape[0]].detach(), queries, keys, sum(losses) / len(losses)
+        pairs = [queue_pairs(q, k, self.queue.features) for q, k in zip(queries, keys)]
+        if self.cfg.loss == "difficulty":
+            terms = self._difficulty_terms(step.views, pairs)
+        else:
+            losses = [contrastive_loss(pos, neg, self.cfg.temperature, **self.cfg.loss_options()) for pos, neg in pairs]
+            terms = {"loss": sum(losses) / len(losses)}
+        return h[: x1.shape[0]].detach(), queries, keys, terms
+
+    def _difficulty_terms(self, views: list[torch.Tensor],
+                          pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """:meth:`difficulty_terms` of each query-key pair against the two queues (see the
+        module docstring), averaged over the pairs; the step is skipped when any pair's main
+        loss is not finite."""
+        b1, b2 = self.biased_projections(views)
+        biased = [(b1, b2), (b2, b1)][: len(pairs)]
+        self._biased_keys = torch.cat([key for _, key in biased]).detach()
+        terms = [self.difficulty_terms(pos, neg, *_biased_pairs(query, key, self.biased_queue.features))
+                 for (pos, neg), (query, key) in zip(pairs, biased)]
+        mean = {name: sum(t[name] for t in terms) / len(terms) for name in terms[0] if name != "skip_step"}
+        return {**mean, "skip_step": torch.stack([t["skip_step"] for t in terms]).any()}
 
     def on_after_optimizer_step(self, progress: float) -> None:
         momentum = cosine_momentum(self.cfg.base_momentum, self.cfg.final_momentum, progress)
@@ -93,3 +117,14 @@ class MoCo(Method):
         if self._keys is not None:
             self.queue.push(self._keys)
             self._keys = None
+        if self._biased_keys is not None:
+            self.biased_queue.push(self._biased_keys)
+            self._biased_keys = None
+
+
+def _biased_pairs(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The biased encoder's ``pos: (B,)`` query-key cosines (gradients through both) and
+    ``neg: (B, K)`` query-queue ones, in float32 at least."""
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    query, key = F.normalize(query.to(dtype), dim=1), F.normalize(key.to(dtype), dim=1)
+    return (query * key).sum(dim=1), query @ queue.detach().to(dtype).T

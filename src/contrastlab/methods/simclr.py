@@ -48,11 +48,12 @@ class ContrastiveConfig(MethodConfig):
     ``loss``: ``infonce``; ``dcl``, the *debiased* loss of Chuang et al. (2020) (class prior
     ``tau_plus``); ``hcl``, its hard-negative weighting (Robinson et al., 2021; ``beta``);
     ``decoupled``, the *decoupled* loss of Yeh et al. (2022) that lightly calls "DCL" (the
-    positive left out of the denominator; ``vmf_sigma`` set: DCLW); and, with batch negatives
-    only (SimCLR), ``mmcl`` (an SVM per anchor: the ``svm_*`` fields, see
-    :mod:`contrastlab.losses.mmcl`) and ``difficulty`` (a bias-amplifying second encoder whose
-    similarities weigh the DCL estimator's negatives, trained at ``biased_lr_scale`` times the
-    main learning rate: :mod:`contrastlab.losses.difficulty`).
+    positive left out of the denominator; ``vmf_sigma`` set: DCLW); ``difficulty`` (a
+    bias-amplifying second encoder whose similarities weigh the DCL estimator's negatives,
+    trained at ``biased_lr_scale`` times the main learning rate:
+    :mod:`contrastlab.losses.difficulty`; MoCo keeps a second queue of the biased encoder's
+    keys for it); and, with batch negatives only (SimCLR), ``mmcl`` (an SVM per anchor: the
+    ``svm_*`` fields, see :mod:`contrastlab.losses.mmcl`).
     """
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -126,8 +127,47 @@ def multicrop_pairs(num_views: int, num_global: int, ordered: bool) -> list[tupl
             for a in range(min(num_global, num_views)) for b in range(a + 1, num_views)]
 
 
+class ContrastiveMethod(Method):
+    """What SimCLR and MoCo share for ``loss: difficulty``: the biased encoder and its projector
+    (never evaluated), their own optimiser, and the loss terms from both encoders' similarities."""
+
+    def build_encoders(self, build_encoder: Callable[[], nn.Module]) -> None:
+        """``loss: difficulty``: the biased encoder and its projector."""
+        if self.cfg.loss == "difficulty":
+            self.biased = build_encoder()
+            self.biased_projector = self.make_projector()
+
+    def parameter_groups(self, optim: OptimConfig) -> list[ParameterGroup]:
+        """``loss: difficulty``: the biased encoder's own optimiser, the main one's kind and
+        schedule at ``biased_lr_scale`` times its learning rate."""
+        if self.cfg.loss != "difficulty":
+            return []
+        params = list(self.biased.parameters()) + list(self.biased_projector.parameters())
+        return [ParameterGroup("biased", params, dataclasses.replace(optim, lr=optim.lr * self.cfg.biased_lr_scale))]
+
+    def biased_projections(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The biased encoder and projector on the views, as one batch: one ``(B, P)`` per view."""
+        return self.biased_projector(self.biased(torch.cat(views))).chunk(len(views))
+
+    def difficulty_terms(self, pos: torch.Tensor, neg: torch.Tensor, pos_b: torch.Tensor,
+                         neg_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The main encoder's DCL with difficulty weights plus the biased encoder's triplet loss,
+        from the anchor-positive ``pos: (N,)`` and anchor-negative ``neg: (N, M)`` cosines of the
+        main (``pos``, ``neg``) and biased (``pos_b``, ``neg_b``) encoders over the same
+        negatives; ``skip_step`` when the main loss is not finite (the official code skips the
+        batch). The cosines come in float32 at least (:func:`~contrastlab.losses.batch_pairs`,
+        :func:`~contrastlab.losses.queue_pairs`), and
+        the terms stay there whatever the autocast (the triplet loss sums ~M distances)."""
+        with torch.autocast(pos.device.type, enabled=False):
+            weights = difficulty_weights(neg, neg_b, self.cfg.temperature)
+            main = debiased_info_nce(pos, neg, self.cfg.temperature, self.cfg.tau_plus, log_weights=weights.log())
+            triplet = debiased_triplet_loss(pos_b, neg_b, self.cfg.tau_plus)
+        return {"loss": main + triplet, "main_loss": main.detach(), "biased_loss": triplet.detach(),
+                "mean_weight": weights.mean(), "skip_step": ~torch.isfinite(main)}
+
+
 @METHODS.register("simclr", "SimCLR: NT-Xent (or DCL/HCL/decoupled/MMCL/difficulty) between two augmented views (Chen et al., 2020)")
-class SimCLR(Method):
+class SimCLR(ContrastiveMethod):
     Config = SimCLRConfig
     mixed_view_sizes = True  # project_views batches each size on its own
 
@@ -142,20 +182,6 @@ class SimCLR(Method):
         if cfg.loss in cfg.BATCH_NEGATIVES:
             return 2, 2
         return max(2, cfg.num_global), None
-
-    def build_encoders(self, build_encoder: Callable[[], nn.Module]) -> None:
-        """``loss: difficulty``: the biased encoder and its projector (never evaluated)."""
-        if self.cfg.loss == "difficulty":
-            self.biased = build_encoder()
-            self.biased_projector = self.make_projector()
-
-    def parameter_groups(self, optim: OptimConfig) -> list[ParameterGroup]:
-        """``loss: difficulty``: the biased encoder's own optimiser, the main one's kind and
-        schedule at ``biased_lr_scale`` times its learning rate."""
-        if self.cfg.loss != "difficulty":
-            return []
-        params = list(self.biased.parameters()) + list(self.biased_projector.parameters())
-        return [ParameterGroup("biased", params, dataclasses.replace(optim, lr=optim.lr * self.cfg.biased_lr_scale))]
 
     def training_step(self, step: StepInput) -> dict[str, torch.Tensor]:
         """Two views: the configured loss between them. N views: the weighted mean of NT-Xent
@@ -179,16 +205,7 @@ class SimCLR(Method):
         return {**out, "loss": total / sum(w for _, _, w in pairs)}
 
     def _difficulty_loss(self, step: StepInput, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The biased encoder's triplet loss plus the main encoder's DCL with difficulty
-        weights; ``skip_step`` when the main loss is not finite (the official code skips the
-        batch). The similarities and losses are computed in float32 at least, whatever the
-        autocast (the triplet loss sums ~2B distances)."""
-        b1, b2 = self.biased_projector(self.biased(torch.cat(step.views))).chunk(2)
-        with torch.autocast(z1.device.type, enabled=False):
-            pos, neg = batch_pairs(z1, z2)
-            pos_b, neg_b = batch_pairs(b1, b2)
-            weights = difficulty_weights(neg, neg_b, self.cfg.temperature)
-            main = debiased_info_nce(pos, neg, self.cfg.temperature, self.cfg.tau_plus, log_weights=weights.log())
-            triplet = debiased_triplet_loss(pos_b, neg_b, self.cfg.tau_plus)
-        return {"loss": main + triplet, "main_loss": main.detach(), "biased_loss": triplet.detach(),
-                "mean_weight": weights.mean(), "skip_step": ~torch.isfinite(main)}
+        """:meth:`difficulty_terms` over the batch's negatives (SimCLR's 2B-batch pairs of both
+        encoders)."""
+        b1, b2 = self.biased_projections(step.views)
+        return self.difficulty_terms(*batch_pairs(z1, z2), *batch_pairs(b1, b2))
