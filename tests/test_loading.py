@@ -125,6 +125,30 @@ def test_eval_workers_are_shut_down_when_the_pass_ends():
     assert set(multiprocessing.active_children()) == before  # the loader is alive, its workers are not
 
 
+def test_close_shuts_down_persistent_workers_and_a_later_pass_starts_new_ones():
+    before = set(multiprocessing.active_children())
+    loader = BatchLoader(PerSample(digits(20)), [[0, 1, 2], [3, 4]], num_workers=1)
+    assert [len(b["index"]) for b in loader] == [3, 2]
+    assert set(multiprocessing.active_children()) - before  # persistent: alive between passes
+    loader.close()
+    assert set(multiprocessing.active_children()) == before
+    loader.close()  # idempotent
+    assert [len(b["index"]) for b in loader] == [3, 2]
+    loader.close()
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_the_training_workers_are_gone_before_evaluation(tmp_path, per_sample_digits):
+    """A trainer's persistent loader workers are shut down when it finishes, not left alive
+    through the evaluation that follows (their memory counts against the run's peak)."""
+    before = set(multiprocessing.active_children())
+    cfg = tiny_config("train.epochs=1", "data.name=per_sample_digits", "data.num_workers=1")
+    trainer = Trainer(cfg, tmp_path, init_distributed("cpu"))
+    trainer.fit()
+    assert trainer.loader is not None  # the trainer is alive, its workers are not
+    assert set(multiprocessing.active_children()) == before
+
+
 def test_the_free_heap_is_released_before_workers_are_forked(monkeypatch):
     assert release_free_heap() == (loading._malloc_trim() is not None)
     alive_at_release = []

@@ -78,6 +78,14 @@ class BatchLoader:
                 prefetch_factor=4 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0),
             )
 
+    def close(self) -> None:
+        """Shut down persistent worker processes now rather than when the loader is garbage
+        collected (idempotent; the next iteration starts new ones)."""
+        iterator = getattr(self.loader, "_iterator", None)  # DataLoader keeps its persistent workers here
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
     def __iter__(self) -> Iterator[Batch]:
         if self.loader is not None:
             if self.loader.num_workers > 0:

@@ -205,7 +205,11 @@ class Trainer:
         return f"the last good checkpoint is {saved}" if saved.exists() else "no checkpoint was written yet"
 
     def close(self) -> None:
-        """Flush the metrics and release the run folder (done by :meth:`fit`; idempotent)."""
+        """Shut down the training loader's workers, flush the metrics and release the run folder
+        (done by :meth:`fit`; idempotent). The workers would otherwise live on through the
+        evaluation that follows training, holding their memory."""
+        if getattr(self, "loader", None) is not None:
+            self.loader.close()
         if getattr(self, "logger", None) is not None and not self.logger.closed:
             self.logger.close()
         if self.lock is not None:
