@@ -8,7 +8,7 @@ other) and samples the process tree (the trainer and its DataLoader workers) eve
 ``--interval`` seconds from ``/proc``: the peak of the summed RSS, of the summed PSS
 (proportional set size: pages shared between the trainer and its forked workers counted
 once), and of the trainer's own RSS. The goal of a streamed dataset: the peaks do not grow
-with the number of images. ``--timeline DIR`` also writes ``DIR/<folder name>.jsonl``: every
+with the number of images. ``--timeline DIR`` also writes ``DIR/<run number>-<folder name>.jsonl``: every
 sample's per-process RSS, PSS and USS (private pages, MiB) and the trainer's output lines,
 each with its time in seconds since the start.
 """
@@ -115,22 +115,22 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--out", help="write benchmarks/results/<out>.{json,md}")
     parser.add_argument("--overrides", nargs="*", default=[], help="section.key=value overrides for every run")
-    parser.add_argument("--timeline", type=Path, help="write per-process samples to DIR/<folder name>.jsonl")
+    parser.add_argument("--timeline", type=Path, help="write per-process samples to DIR/<run number>-<folder name>.jsonl")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in args.folders:
-            run_dir = Path(tmp) / folder.name
+        for i, folder in enumerate(args.folders):  # a folder may be given again (pairs in one invocation)
+            run_dir = Path(tmp) / f"{i}-{folder.name}"
             command = [sys.executable, "-m", "contrastlab", "train", args.recipe, f"data.root={folder}",
                        "train.progress=false", *args.overrides, "--run-dir", str(run_dir)]
             timeline = None
             if args.timeline:
                 args.timeline.mkdir(parents=True, exist_ok=True)
-                timeline = args.timeline / f"{folder.name}.jsonl"
+                timeline = args.timeline / f"{i}-{folder.name}.jsonl"
             row = {"folder": str(folder), "train_images": count_images(folder),
                    **measure(command, args.interval, timeline)}
             results = run_dir / "results.json"
-            if results.is_file():
+            if row["returncode"] == 0 and results.is_file():
                 trained = json.loads(results.read_text()).get("trained", {})
                 row["knn_accuracy"] = trained.get("knn", {}).get("accuracy")
                 row["linear_accuracy"] = trained.get("linear", {}).get("accuracy")

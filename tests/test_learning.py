@@ -45,11 +45,12 @@ def test_recipe_beats_the_untrained_backbone_on_digits(tmp_path, recipe):
 @pytest.mark.parametrize("recipe", [
     "isd-gray-small-convnet",  # seed 0, 30 epochs: kNN -0.3, linear +3.1 (isd_recipe_digits_2.md)
     "auccl-gray-small-convnet",  # seed 0, 30 epochs: kNN +0.3, linear +3.1 (auccl_recipe_digits.md)
+    "moco-gray-small-convnet-difficulty",  # 60 epochs, 3 seeds: kNN +1.85, linear +3.24 (moco_difficulty_digits.md)
 ])
 def test_recipe_beats_the_untrained_backbone_on_digits_by_linear_probe(tmp_path, recipe):
-    """ISD's and AUC-CL's recipes do not (yet) beat the untrained ConvNet on kNN at this budget
-    (30 epochs on digits), only on the linear probe; this checks that much, and that the
-    features keep their rank."""
+    """ISD's, AUC-CL's and MoCo's with difficulty weights do not (yet) beat the untrained
+    ConvNet on kNN by 2 points at this budget (30 epochs on digits), only on the linear probe;
+    this checks that much, and that the features keep their rank."""
     trained, untrained = train_on_digits(tmp_path, recipe, epochs=30)
     assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
     assert trained["diagnostics"]["effective_rank"] >= untrained["diagnostics"]["effective_rank"] * 2 / 3
