@@ -8,7 +8,17 @@ a robustness curve: test images re-rendered with the background-colour range shi
 
     .venv/bin/python benchmarks/invclr_spirograph.py                   # 3 seeds, recipe budget
     .venv/bin/python benchmarks/invclr_spirograph.py --seeds 0 --epochs 2 --no-write
-    .venv/bin/python benchmarks/invclr_spirograph.py --only invclr     # keep the recorded simclr runs
+    .venv/bin/python benchmarks/invclr_spirograph.py --train invclr    # simclr read from its run folders
+
+A larger budget (a study of its own, written to ``results/<out>.md``), its arms side by side in
+two processes, then the report from both arms' run folders:
+
+    .venv/bin/python benchmarks/invclr_spirograph.py --out invclr_spirograph_resnet18 --seeds 0 \
+        --common backbone.name=resnet18 ... --train simclr --no-write &
+    .venv/bin/python benchmarks/invclr_spirograph.py --out invclr_spirograph_resnet18 --seeds 0 \
+        --common backbone.name=resnet18 ... --train invclr --no-write
+    .venv/bin/python benchmarks/invclr_spirograph.py --out invclr_spirograph_resnet18 --seeds 0 \
+        --common backbone.name=resnet18 ... --train
 """
 
 from __future__ import annotations
@@ -60,42 +70,51 @@ def main() -> None:
     parser.add_argument("--gp-weight", type=float, help="InvCLR's lambda; default: the recipe's")
     parser.add_argument("--averaging", type=int, default=30, help="M, draws averaged per image")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4])
-    parser.add_argument("--only", choices=["simclr", "invclr"],
-                        help="train this arm only; the other's runs are read from the recorded results (same command)")
+    parser.add_argument("--out", default="invclr_spirograph", help="results/<out>.{json,md}; runs in _runs/<out>-<arm>-s<seed>")
+    parser.add_argument("--common", nargs="*", default=[], metavar="OVERRIDE",
+                        help="section.key=value overrides for both arms (after the recipe)")
+    parser.add_argument("--train", nargs="*", choices=["simclr", "invclr"], default=["simclr", "invclr"],
+                        help="the arms to train (default both); the others' runs are read from their run folders, "
+                             "left by an earlier invocation with the same --out and seeds")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     common = [f"eval.feature_averaging={args.averaging}",
-              f"eval.robustness=[{', '.join(map(str, args.strengths))}]"]
+              f"eval.robustness=[{', '.join(map(str, args.strengths))}]", *args.common]
     if args.epochs:
         common.append(f"train.epochs={args.epochs}")
     arms = {"simclr": ["method.gp_weight=0"],
             "invclr": [f"method.gp_weight={args.gp_weight}"] if args.gp_weight is not None else []}
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    if args.only:
-        recorded = json.loads((RESULTS / "invclr_spirograph.json").read_text())
-        if recorded["command"] != command_line(args):
-            raise SystemExit(f"--only needs results recorded by the same command; found: {recorded['command']}")
-        runs = {arm: [] if arm == args.only else recorded["runs"][arm] for arm in arms}
     for seed in args.seeds:
         for arm, extra in arms.items():
-            if args.only and arm != args.only:
+            run_dir = RUNS / f"{args.out}-{arm}-s{seed}"
+            if arm in args.train:
+                results = train(arm, [*common, *extra, f"train.seed={seed}"], run_dir)
+            elif (run_dir / "results.json").is_file():
+                results = json.loads((run_dir / "results.json").read_text())
+            else:
+                print(f"seed {seed} {arm:<7} not trained here (--train) and no results in {run_dir}", flush=True)
                 continue
-            results = train(arm, [*common, *extra, f"train.seed={seed}"], RUNS / f"invclr-study-{arm}-s{seed}")
             run = {"seed": seed, "single": scores(results["trained"]), "averaged": scores(results["trained_fa"]),
                    "robustness": [{"strength": point["strength"], **{k: point["regression"][k] for k in ("mse_mean", "r2_mean")}}
                                   for point in results["trained"]["robustness"]]}
             runs[arm].append(run)
             print(f"seed {seed} {arm:<7} R² {run['single']['r2_mean']:.3f} (FA {run['averaged']['r2_mean']:.3f})  "
                   f"MSE {run['single']['mse_mean']:.4f} (FA {run['averaged']['mse_mean']:.4f})", flush=True)
+    missing = [f"{arm} seed {run}" for arm in arms for run in sorted(set(args.seeds) - {r["seed"] for r in runs[arm]})]
+    if missing:
+        raise SystemExit(f"no report: no results for {', '.join(missing)} (train them with --train)")
     report(runs, args)
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command that records these results (without --only / --no-write)."""
+    """The command that records these results (without --train / --no-write)."""
     return "python benchmarks/invclr_spirograph.py " + " ".join(
-        [f"--seeds {' '.join(map(str, args.seeds))}", f"--averaging {args.averaging}"]
+        ([f"--out {args.out}"] if args.out != "invclr_spirograph" else [])
+        + [f"--seeds {' '.join(map(str, args.seeds))}", f"--averaging {args.averaging}"]
         + ([f"--epochs {args.epochs}"] if args.epochs else [])
-        + ([f"--gp-weight {args.gp_weight}"] if args.gp_weight is not None else []))
+        + ([f"--gp-weight {args.gp_weight}"] if args.gp_weight is not None else [])
+        + (["--common", *args.common] if args.common else []))
 
 
 def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
@@ -106,7 +125,8 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
         return f"{mean:{fmt}} ± {std:{fmt}}"
 
     lines = ["# InvCLR vs SimCLR on Spirograph", "", f"`{command}` — torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, {platform.machine()}. Recipe `{RECIPE}`; SimCLR = "
+             f"{torch.get_num_threads()} threads, {platform.machine()}. Recipe `{RECIPE}`"
+             + (f" with `{' '.join(args.common)}`" if args.common else "") + "; SimCLR = "
              f"the same recipe with `method.gp_weight=0`. Mean ± sample std over seeds {args.seeds}. "
              f"Ridge probe on the frozen backbone; test MSE in raw target units. FA = features averaged "
              f"over {args.averaging} nuisance re-draws, for the probe's training and test features.", ""]
@@ -130,8 +150,8 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "invclr_spirograph.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2))
-        (RESULTS / "invclr_spirograph.md").write_text(text)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2))
+        (RESULTS / f"{args.out}.md").write_text(text)
 
 
 if __name__ == "__main__":
