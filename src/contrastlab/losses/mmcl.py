@@ -183,18 +183,6 @@ class AnchorGram:
         shift = self.self_kernel * total - p.gather(1, self.own)
         return p.addcmul_(self.rows, total, value=-1.0).add_(shift).add_(x, alpha=self.ridge)
 
-    def descend(self, y: torch.Tensor, eta: float | torch.Tensor) -> torch.Tensor:
-        """``(A, N) -> (A, N)``: the gradient step ``y_t - eta (Q_t y_t - 2)`` for every anchor
-        (``eta``: a float or ``(A, 1)``), as a new tensor, in four passes over ``(A, N)`` after
-        the matrix product (``(1 - eta r) y - eta (p - K_t. s) - eta (K_tt s - p_t - 2)``); its
-        entry at each anchor's own position is ``2 eta``, for the caller to :meth:`pin`."""
-        p = y @ self.kernel
-        total = y.sum(dim=1, keepdim=True)
-        constant = (self.self_kernel * total).sub_(p.gather(1, self.own)).sub_(2.0).mul_(eta)  # (A, 1)
-        out = p.addcmul_(self.rows, total, value=-1.0).mul_(-eta).sub_(constant)
-        keep = 1.0 - eta * self.ridge
-        return out.add_(y, alpha=keep) if isinstance(keep, float) else out.addcmul_(y, keep)
-
     def frobenius(self, chunk_elements: int = 1 << 24) -> torch.Tensor:
         """``(A,)``: ``|Q_t|_F``, materialising a few anchors' ``Q_t`` at a time (at most
         ``chunk_elements`` values)."""
@@ -221,9 +209,6 @@ class DenseGram:
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         return torch.bmm(self.q, x[:, :, None])[:, :, 0]
-
-    def descend(self, y: torch.Tensor, eta: float | torch.Tensor) -> torch.Tensor:
-        return y - eta * (self.matvec(y) - 2.0)
 
     def frobenius(self) -> torch.Tensor:
         return torch.linalg.matrix_norm(self.q)
@@ -271,7 +256,8 @@ def solve_pgd(q: torch.Tensor | AnchorGram | DenseGram, spec: SolverSpec, genera
     active = torch.ones((anchors, 1), dtype=torch.bool, device=q.device)
     iterations = torch.zeros((anchors, 1), dtype=q.dtype, device=q.device)
     for _ in range(spec.max_iter):
-        new = q.pin(project(q.descend(y, eta), spec.c))
+        step = q.matvec(y).sub_(2.0).mul_(eta)  # eta (Q y - 2); pinned entries stay 0
+        new = q.pin(project(y - step, spec.c))
         if spec.stop == "anchor":
             new = torch.where(active, new, x)  # stopped anchors keep their solution
         if spec.momentum == "nesterov":
