@@ -237,12 +237,15 @@ def cross_view_pairs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, to
     return sims[rows, rows + rank * b], sims[keep].view(b, every.shape[0] - 1)
 
 
-def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                key_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's pairs: ``pos: (B,)`` query-key similarities, ``neg: (B, K)`` query-queue ones.
 
     Args:
         q: ``(B, D)`` queries (L2-normalised here; gradients flow).
-        k: ``(B, D)`` keys from the momentum encoder (normalised here; treated as constants).
+        k: ``(B, D)`` keys (normalised here): from the momentum encoder, constants; with
+            ``key_grad`` from a trained encoder, gradients flow (the biased encoder of
+            difficulty-weighted MoCo).
         queue: ``(K, D)`` past keys, already L2-normalised (constants).
     """
     if q.shape != k.shape or q.dim() != 2 or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
@@ -251,7 +254,7 @@ def queue_pairs(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[
         )
     dtype = torch.promote_types(q.dtype, torch.float32)
     q = F.normalize(q.to(dtype), dim=1)
-    k = F.normalize(k.detach().to(dtype), dim=1)
+    k = F.normalize((k if key_grad else k.detach()).to(dtype), dim=1)
     return (q * k).sum(dim=1), q @ queue.detach().to(dtype).T
 
 

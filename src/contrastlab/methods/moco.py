@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from contrastlab.components.momentum import EMATeacher, cosine_momentum
@@ -106,7 +105,8 @@ class MoCo(ContrastiveMethod):
         b1, b2 = self.biased_projections(views)
         biased = [(b1, b2), (b2, b1)][: len(pairs)]
         self._biased_keys = torch.cat([key for _, key in biased]).detach()
-        terms = [self.difficulty_terms(pos, neg, *_biased_pairs(query, key, self.biased_queue.features))
+        terms = [self.difficulty_terms(pos, neg, *queue_pairs(query, key, self.biased_queue.features,
+                                                              key_grad=True))
                  for (pos, neg), (query, key) in zip(pairs, biased)]
         mean = {name: sum(t[name] for t in terms) / len(terms) for name in terms[0] if name != "skip_step"}
         return {**mean, "skip_step": torch.stack([t["skip_step"] for t in terms]).any()}
@@ -120,11 +120,3 @@ class MoCo(ContrastiveMethod):
         if self._biased_keys is not None:
             self.biased_queue.push(self._biased_keys)
             self._biased_keys = None
-
-
-def _biased_pairs(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The biased encoder's ``pos: (B,)`` query-key cosines (gradients through both) and
-    ``neg: (B, K)`` query-queue ones, in float32 at least."""
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    query, key = F.normalize(query.to(dtype), dim=1), F.normalize(key.to(dtype), dim=1)
-    return (query * key).sum(dim=1), query @ queue.detach().to(dtype).T

@@ -156,8 +156,8 @@ class ContrastiveMethod(Method):
         main (``pos``, ``neg``) and biased (``pos_b``, ``neg_b``) encoders over the same
         negatives; ``skip_step`` when the main loss is not finite (the official code skips the
         batch). The cosines come in float32 at least (:func:`~contrastlab.losses.batch_pairs`,
-        :func:`~contrastlab.losses.queue_pairs`), and
-        the terms stay there whatever the autocast (the triplet loss sums ~M distances)."""
+        :func:`~contrastlab.losses.queue_pairs`), and the terms stay there whatever the autocast
+        (the triplet loss sums ~M distances)."""
         with torch.autocast(pos.device.type, enabled=False):
             weights = difficulty_weights(neg, neg_b, self.cfg.temperature)
             main = debiased_info_nce(pos, neg, self.cfg.temperature, self.cfg.tau_plus, log_weights=weights.log())
