@@ -29,6 +29,7 @@ def train_on_digits(run_dir, recipe, epochs):
     "simclr-gray-small-convnet",  # seed 0: +4.7 kNN, +4.7 linear (benchmarks/results/recipes_digits.md)
     "simclr-gray-small-convnet-mmcl",  # seed 0 at 30 epochs: +4.2 / +4.4 (mmcl_sigma_digits.md)
     "simclr-gray-small-convnet-difficulty",  # seed 0 at 30 epochs: +3.1 / +3.3 (mmcl_sigma_digits.md)
+    "byol-gray-small-convnet",  # seed 0: +5.0 / +5.6 (recipes_digits_small_batch.md)
 ])
 def test_recipe_beats_the_untrained_backbone_on_digits(tmp_path, recipe):
     """A small-grayscale recipe, unchanged but for the dataset and a short budget (60 epochs,
