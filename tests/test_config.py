@@ -43,6 +43,16 @@ def test_overrides_are_typed():
     assert cfg.method.temperature == 0.2
 
 
+def test_an_explicit_epoch_count_drops_the_recipes_min_samples(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  epochs: 4\n  min_samples: 1000\n")
+    assert load_config(recipe).train.min_samples == 1000
+    assert load_config(recipe, ["optim.lr=0.1"]).train.min_samples == 1000
+    assert load_config(recipe, ["train.epochs=2"]).train.min_samples is None
+    assert load_config(recipe, ["train.epochs=2", "train.min_samples=500"]).train.min_samples == 500
+    assert load_config(overrides=["train.epochs=2"]).train.min_samples is None
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

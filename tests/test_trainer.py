@@ -111,6 +111,30 @@ def test_resume_refuses_a_finished_run_and_a_missing_checkpoint(tmp_path):
         Trainer(cfg, tmp_path, env, resume=True)
 
 
+def test_min_samples_raises_the_epochs_of_a_small_training_split(tmp_path, capsys):
+    """256 images at batch 64: 256 samples per epoch, so 700 samples take 3 epochs (12 steps);
+    a per-epoch step cap shortens each epoch, not the count of epochs; a resumed run keeps them."""
+    trainer = Trainer(tiny_config("train.epochs=1", "train.min_samples=700"), tmp_path / "full",
+                      init_distributed("cpu"))
+    assert "train.epochs raised from 1 to 3" in capsys.readouterr().err
+    trainer.fit()
+    assert max(losses(tmp_path / "full")) == 12
+    saved = load_config(tmp_path / "full" / "config.yaml")
+    assert saved.train.epochs == 3 and saved.train.min_samples == 700
+    with pytest.raises(ckpt.CheckpointError, match="already finished 3 of train.epochs=3"):
+        Trainer(saved, tmp_path / "full", init_distributed("cpu"), resume=True)
+
+    capped = Trainer(tiny_config("train.epochs=1", "train.min_samples=700", "train.max_steps_per_epoch=1"),
+                     tmp_path / "capped", init_distributed("cpu"))
+    assert capped.cfg.train.epochs == 3 and capped.total_steps == 3
+    assert "train.epochs raised from 1 to 3" in capsys.readouterr().err
+    capped.close()
+    enough = Trainer(tiny_config("train.epochs=4", "train.min_samples=700"), tmp_path / "enough",
+                     init_distributed("cpu"))
+    assert enough.cfg.train.epochs == 4 and "raised" not in capsys.readouterr().err
+    enough.close()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config("train.epochs=3")
     original = SimCLR.training_step

@@ -202,10 +202,13 @@ class OptimConfig:
 class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
         "epochs": "in [1, 100000]", "batch_size": ">= 1", "checkpoint_every": ">= 1", "log_every": ">= 1",
-        "max_steps_per_epoch": ">= 1", "dist_timeout_s": ">= 1",
+        "max_steps_per_epoch": ">= 1", "dist_timeout_s": ">= 1", "min_samples": ">= 1",
     }
 
     epochs: int = 10  # passes over the training split
+    # at least this many training samples: a small training split gets more epochs (rounded up to whole
+    # ones). An override of train.epochs alone sets this to null: train.epochs=N trains exactly N epochs.
+    min_samples: int | None = None
     batch_size: int = 256  # per process
     seed: int = 0  # seeds the initialisation, the batches and the views
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
@@ -299,6 +302,9 @@ def read_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    if "train.epochs" in keys and "train.min_samples" not in keys and isinstance(raw.get("train"), dict):
+        raw["train"]["min_samples"] = None  # an explicit epoch count is exact
     return raw
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -134,6 +135,7 @@ class Trainer:
                 f"train.batch_size={cfg.train.batch_size} is larger than the {per_rank} training "
                 f"images per process of '{cfg.data.name}'; lower train.batch_size"
             )
+        cfg = self.cfg = self._epochs_for_min_samples(cfg, per_rank // cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.batches = EpochBatches(len(train_set), cfg.train.batch_size, self.steps_per_epoch, cfg.train.seed, env)
         self.loader = BatchLoader(train_set, self.batches, cfg.data.num_workers,
@@ -150,6 +152,22 @@ class Trainer:
             sinks = open_sinks(cfg.train.loggers, self.run_dir, resume_step, cfg.train.wandb_project, cfg.to_dict())
         self.logger = MetricsLogger(self.run_dir, resume_step, enabled=env.rank == 0,
                                     write_csv="csv" in cfg.train.loggers, sinks=sinks)
+
+    def _epochs_for_min_samples(self, cfg: Config, full_steps_per_epoch: int) -> Config:
+        """``cfg`` with ``train.epochs`` raised so that the run sees ``train.min_samples``
+        samples, counted over full epochs (``max_steps_per_epoch`` caps each epoch, not the count)."""
+        wanted = cfg.train.min_samples
+        if wanted is None:
+            return cfg
+        seen_per_epoch = max(1, full_steps_per_epoch) * cfg.train.batch_size * self.env.world_size
+        epochs = -(-wanted // seen_per_epoch)
+        if epochs <= cfg.train.epochs:
+            return cfg
+        if self.env.rank == 0:
+            print(f"train.epochs raised from {cfg.train.epochs} to {epochs}: {seen_per_epoch} samples per epoch, "
+                  f"train.min_samples={wanted} (pass train.epochs=N alone to train exactly N epochs)",
+                  file=sys.stderr)
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
     def _build_optimizers(self) -> dict[str, tuple[torch.optim.Optimizer, OptimConfig]]:
         """The main optimiser (``optim``) over every trainable parameter that is neither an
