@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -99,19 +100,27 @@ def parse_arm(text: str, common: list[str]) -> Arm:
     return Arm(name, Path(recipe).resolve(), tuple(overrides))
 
 
+def children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train(arm: Arm, seed: int, overrides: list[str], run_dir: Path) -> dict:
-    """Train + evaluate one run in a fresh folder; writes and returns its record (wall time, peak RSS)."""
+    """Train + evaluate one run in a fresh folder; writes and returns its record (wall time, CPU
+    time of every thread, peak RSS)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     argv = [sys.executable, "-c", CHILD, "train", str(arm.recipe), "--run-dir", str(run_dir), *overrides]
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), children_cpu_s()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu_before
     if done.returncode != 0:
         raise SystemExit(f"arm '{arm.name}' seed {seed} failed ({shlex.join(argv[3:])}):\n{done.stderr[-3000:]}")
     if not (run_dir / "results.json").is_file():
         raise SystemExit(f"arm '{arm.name}' seed {seed}: no results.json in {run_dir} (is eval.at_end false?)")
     maxrss_kb = int(done.stdout.rsplit("MAXRSS_KB", 1)[1].split()[0])
-    record = {"recipe": str(arm.recipe), "overrides": overrides, "wall_s": wall_s, "peak_rss_mb": maxrss_kb / 1024}
+    record = {"recipe": str(arm.recipe), "overrides": overrides, "wall_s": wall_s, "cpu_s": cpu_s,
+              "peak_rss_mb": maxrss_kb / 1024}
     (run_dir / RECORD).write_text(json.dumps(record, indent=2))
     return record
 
@@ -193,15 +202,15 @@ def dataset_table(runs: list[dict], arms: list[str]) -> list[str]:
 
     titles = (["arm", "seeds"] + [title for _, title, _, _ in metrics]
               + [f"{title.split()[0]} vs {reference}" for _, title, _, _ in compared]
-              + ["images/s", "wall (s)", "peak RSS (MB)"])
+              + ["images/s", "wall (s)", "CPU (s)", "peak RSS (MB)"])
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for arm, arm_runs in by_arm.items():
         cells = [arm, str(len(arm_runs))]
         cells += [mean_std([r[key] for r in arm_runs], fmt) for key, _, fmt, _ in metrics]
         cells += ["ref" if arm == reference else f"{mean(arm, key) - mean(reference, key):+{fmt}}"
                   for key, _, fmt, _ in compared]
-        cells += [mean_std([r[key] for r in arm_runs if r[key] is not None], fmt)
-                  for key, fmt in (("images_per_s", ".0f"), ("wall_s", ".0f"), ("peak_rss_mb", ".0f"))]
+        cells += [mean_std([r[key] for r in arm_runs if r.get(key) is not None], fmt)
+                  for key, fmt in (("images_per_s", ".0f"), ("wall_s", ".0f"), ("cpu_s", ".0f"), ("peak_rss_mb", ".0f"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -225,7 +234,8 @@ def markdown(runs: list[dict], arms: list[Arm], args: argparse.Namespace, comman
              f"Common overrides: {' '.join(f'`{o}`' for o in args.common) or 'none'}. "
              f"Mean ± sample std over seeds {args.seeds}; \"vs\" columns: difference of the means "
              "from the first arm on that dataset. Images/s: median over the logged training windows after the first; "
-             "wall time and peak RSS: the whole training + evaluation process."]
+             "wall time, CPU time (user + system, every thread) and peak RSS: the whole training + evaluation "
+             "process (CPU time: runs recorded since 2026-12-07)."]
     order = [UNTRAINED] * args.untrained + [arm.name for arm in arms]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         lines += ["", f"## {dataset}", "", *dataset_table([r for r in runs if r["dataset"] == dataset], order)]
