@@ -135,7 +135,7 @@ class Trainer:
                 f"train.batch_size={cfg.train.batch_size} is larger than the {per_rank} training "
                 f"images per process of '{cfg.data.name}'; lower train.batch_size"
             )
-        cfg = self.cfg = self._epochs_for_min_samples(cfg, per_rank // cfg.train.batch_size)
+        cfg = self.cfg = self._epochs_for_min_samples(cfg, full_batches)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.batches = EpochBatches(len(train_set), cfg.train.batch_size, self.steps_per_epoch, cfg.train.seed, env)
         self.loader = BatchLoader(train_set, self.batches, cfg.data.num_workers,
