@@ -26,6 +26,14 @@ def train_on_digits(run_dir, recipe, epochs=None):
     return results["trained"], results["random_init"]
 
 
+def assert_clear_margin(trained, untrained):
+    """#12's margins over the untrained backbone: +2 kNN and +1.5 linear points, and at least two
+    thirds of its effective rank."""
+    assert trained["knn"]["accuracy"] >= untrained["knn"]["accuracy"] + 2.0
+    assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
+    assert trained["diagnostics"]["effective_rank"] >= untrained["diagnostics"]["effective_rank"] * 2 / 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [
     "simclr-gray-small-convnet",  # seed 0: +4.7 kNN, +4.7 linear (benchmarks/results/recipes_digits.md)
@@ -37,11 +45,7 @@ def test_recipe_beats_the_untrained_backbone_on_digits(tmp_path, recipe):
     """A small-grayscale recipe, unchanged but for the dataset and a short budget (60 epochs,
     300 steps), on scikit-learn's digits (1437 train / 360 test; kNN at k = 20, as the classes
     have ~144 images). The margins asked are smaller than those measured."""
-    trained, untrained = train_on_digits(tmp_path, recipe, epochs=60)
-    assert trained["knn"]["accuracy"] >= untrained["knn"]["accuracy"] + 2.0
-    assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
-    rank = trained["diagnostics"]["effective_rank"]
-    assert rank >= untrained["diagnostics"]["effective_rank"] * 2 / 3
+    assert_clear_margin(*train_on_digits(tmp_path, recipe, epochs=60))
 
 
 @pytest.mark.slow
@@ -54,7 +58,4 @@ def test_recipe_beats_the_untrained_backbone_on_digits_at_its_own_budget(tmp_pat
     """ISD's and AUC-CL's (30 epochs, seed 0) and MoCo's with difficulty weights (60 epochs,
     3 seeds) missed the kNN margin at the shorter budgets, but not at the recipe's own
     (``train.min_samples``: ~150 epochs of digits, about a minute of CPU time each)."""
-    trained, untrained = train_on_digits(tmp_path, recipe)
-    assert trained["knn"]["accuracy"] >= untrained["knn"]["accuracy"] + 2.0
-    assert trained["linear"]["accuracy"] >= untrained["linear"]["accuracy"] + 1.5
-    assert trained["diagnostics"]["effective_rank"] >= untrained["diagnostics"]["effective_rank"] * 2 / 3
+    assert_clear_margin(*train_on_digits(tmp_path, recipe))
