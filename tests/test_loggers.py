@@ -2,6 +2,7 @@
 offline runs holding the logged scalars, and the config errors for unknown or missing loggers."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def test_wandb_offline_run_holds_the_metrics_and_a_resumed_run_keeps_its_id(tmp_
     assert (run / WANDB_ID_FILE).read_text().strip() == run_id
 
     parts = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(parts) == 2 and all(part.name.endswith(f"-{run_id}") for part in parts)
+    # offline-run-<start time>-<run id>, with "-1" added by W&B when both runs started in the same second
+    folder = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?")
+    assert len(parts) == 2 and all(folder.fullmatch(part.name) for part in parts), [p.name for p in parts]
     history = {step: row for part in parts for step, row in wandb_history(part).items()}
     logged = {step: row["loss"] for step, row in history.items()}
     assert logged == pytest.approx(losses(run)), (f"W&B {logged}; metrics.jsonl {(run / 'metrics.jsonl').read_text()}; "
